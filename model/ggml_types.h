@@ -1,4 +1,10 @@
 // ggml tensor types as stored in GGUF files: block sizes, byte sizes and dequantization.
+//
+// A ggml tensor of a quantized type is a sequence of fixed-size blocks; each block holds
+// `block_size` consecutive elements of a row in `block_bytes` bytes. The table in ggml_types.cc
+// covers every id in GgmlType; its sizes were checked against the `static_assert`s on the block
+// structs in ggml's ggml-common.h (see the comment there for the one disagreement with the
+// Python `gguf` package).
 #pragma once
 
 #include <cstdint>
@@ -18,7 +24,8 @@ enum class GgmlType : uint32_t {
 struct GgmlTypeInfo {
   const char* name;     // "Q4_1"
   int64_t block_size;   // elements per block
-  int64_t block_bytes;  // bytes per block
+  int64_t block_bytes;  // bytes per block; 0 when kvlab does not know it (a file using the type
+                        // is refused as kUnsupported rather than misread)
   bool dequantizable;   // kvlab has a dequantizer for it
 };
 
@@ -27,7 +34,7 @@ const GgmlTypeInfo* ggml_type_info(uint32_t type_id);
 // Comma-separated names of the types that dequantize_row() handles.
 std::string ggml_supported_type_names();
 // Dequantizes `n` elements (a multiple of the block size) starting at `src`.
-// REQUIRES: ggml_type_info(type)->dequantizable.
+// REQUIRES: ggml_type_info(type)->dequantizable. `src` needs no particular alignment.
 void dequantize_row(GgmlType type, const uint8_t* src, float* dst, int64_t n);
 
 }  // namespace kvlab

@@ -5,6 +5,13 @@
 // file is a kDataLoss Status naming what is wrong and where, never an out-of-bounds read.
 // Tensor types that kvlab cannot dequantize are reported as kUnsupported by dequantize() (and by
 // the model loader), with the list of types that are supported.
+//
+// Layout (all little-endian; "string" is a u64 byte length then the bytes, no terminator):
+//   u32 magic "GGUF" | u32 version (2 or 3) | u64 tensor_count | u64 kv_count
+//   kv_count x { string key | u32 value type | value }      value: see GgufValueType
+//   tensor_count x { string name | u32 n_dims | u64 ne[n_dims] | u32 ggml type | u64 offset }
+//   padding to general.alignment (default 32) | data section (tensor offsets are from its start)
+// Version 1 used u32 for the counts and string lengths and is refused as kUnsupported.
 #pragma once
 
 #include <cstdint>
@@ -16,6 +23,15 @@
 #include "model/ggml_types.h"
 
 namespace kvlab {
+
+// Metadata value types, with the ids GGUF writes. An array holds one element type (arrays of
+// arrays are allowed) and a u64 count.
+enum class GgufValueType : uint32_t {
+  kU8 = 0, kI8 = 1, kU16 = 2, kI16 = 3, kU32 = 4, kI32 = 5, kF32 = 6, kBool = 7,
+  kString = 8, kArray = 9, kU64 = 10, kI64 = 11, kF64 = 12,
+};
+// "u32", "string", "array"...; "unknown" for an id outside the enum.
+const char* gguf_value_type_name(GgufValueType type);
 
 class GgufFile {
  public:
@@ -47,6 +63,11 @@ class GgufFile {
   StatusOr<std::vector<float>> get_float_array(std::string_view key) const;
   // All metadata keys, in file order (for `kvlab info`).
   std::vector<std::string> keys() const;
+  // The value of `key` as text: numbers in decimal (floats with 9 significant digits), strings
+  // quoted, arrays as "[a, b, ...]" (nested arrays included) with at most `max_elements` shown
+  // per array and "... (N elements)" for the rest. For `kvlab info` and for tests of values the
+  // typed getters do not reach (arrays of arrays). kNotFound for a missing key.
+  StatusOr<std::string> format_value(std::string_view key, size_t max_elements = 8) const;
 
   const std::vector<Tensor>& tensors() const { return tensors_; }
   const Tensor* find_tensor(std::string_view name) const;  // nullptr if absent
@@ -56,9 +77,19 @@ class GgufFile {
   // dequantizer (see ggml_types.h).
   StatusOr<std::vector<float>> dequantize(const Tensor& t) const;
 
-  // Implementation detail, public only so the parser in gguf.cc can fill it.
-  struct Value;
-  struct Entry;
+  // Implementation detail, public only so the parser in gguf.cc can fill it. Values are not
+  // decoded at open(): they stay in bytes_ (already validated) and the getters decode them, so a
+  // 49k-token vocabulary costs no allocation until someone asks for it.
+  struct Value {
+    GgufValueType type = GgufValueType::kU8;
+    uint64_t offset = 0;  // in bytes_: scalars and arrays: first payload byte; strings: first char
+    uint64_t count = 0;   // strings: byte length; arrays: number of elements
+    GgufValueType elem_type = GgufValueType::kU8;  // arrays only
+  };
+  struct Entry {
+    std::string key;
+    Value value;
+  };
 
  private:
   std::string path_;
