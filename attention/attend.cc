@@ -1,0 +1,266 @@
+#include "attention/attend.h"
+
+#include <Eigen/Core>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "base/check.h"
+
+namespace kvlab {
+namespace {
+
+using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using ConstStrided = Eigen::Map<const RowMatrix, 0, Eigen::OuterStride<>>;
+
+constexpr int kQueryTile = 32;      // new tokens per prefill work item
+constexpr int kNewKeyTile = 64;     // new keys per step of the causal part
+constexpr int kUnitsPerChunk = 16;  // history blocks per decode work item (512 tokens of 32)
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// One work item: rows = the query heads of kv head `g` for new tokens [t0, t1) of sequence `s`,
+// keys = units [u0, u1) where units are the history blocks followed by tiles of new keys.
+struct Item {
+  int s, g, t0, t1, u0, u1;
+  int first_chunk;  // index of this tile's first item (merge target)
+  int n_chunks;
+};
+
+// Online-softmax state of `rows` query rows: running max m, running sum l, unnormalized output.
+struct Partial {
+  std::vector<float> m, l, acc;  // [rows], [rows], [rows, head_dim]
+  void init(int rows, int d) {
+    m.assign(rows, kNegInf);
+    l.assign(rows, 0.0f);
+    acc.assign(size_t(rows) * d, 0.0f);
+  }
+};
+
+// Adds one block of keys to the state. q: [rows, d] (pre-scaled); k, v: [n, d] with row stride
+// ld; mask_pos: the position of each row (for causal masking) or null when no key can be in the
+// future of any row.
+void accumulate_block(const RowMatrix& q, const float* k, const float* v, int n, int ld,
+                      const int32_t* key_pos, int32_t first_pos, const int32_t* row_pos, int d,
+                      RowMatrix& scores, Partial& st) {
+  const int rows = int(q.rows());
+  ConstStrided K(k, n, d, Eigen::OuterStride<>(ld));
+  ConstStrided V(v, n, d, Eigen::OuterStride<>(ld));
+  scores.resize(rows, n);
+  scores.noalias() = q * K.transpose();
+  if (row_pos) {
+    for (int r = 0; r < rows; ++r) {
+      for (int j = 0; j < n; ++j) {
+        const int32_t kp = key_pos ? key_pos[j] : first_pos + j;
+        if (kp > row_pos[r]) scores(r, j) = kNegInf;
+      }
+    }
+  }
+  for (int r = 0; r < rows; ++r) {
+    float mx = kNegInf;
+    for (int j = 0; j < n; ++j) mx = std::max(mx, scores(r, j));
+    if (mx == kNegInf) {
+      scores.row(r).setZero();
+      continue;
+    }
+    const float m_new = std::max(st.m[r], mx);
+    const float corr = st.m[r] == kNegInf ? 0.0f : std::exp(st.m[r] - m_new);
+    float sum = 0.0f;
+    for (int j = 0; j < n; ++j) {
+      const float p = scores(r, j) == kNegInf ? 0.0f : std::exp(scores(r, j) - m_new);
+      scores(r, j) = p;
+      sum += p;
+    }
+    st.l[r] = st.l[r] * corr + sum;
+    st.m[r] = m_new;
+    float* a = &st.acc[size_t(r) * d];
+    for (int i = 0; i < d; ++i) a[i] *= corr;
+  }
+  Eigen::Map<RowMatrix> acc(st.acc.data(), rows, d);
+  acc.noalias() += scores * V;
+}
+
+struct Scratch {
+  std::vector<float> k, v;
+  RowMatrix q, scores;
+};
+
+void run_item(const AttentionShape& shape, const SeqAttention& sa, const Item& it, Partial& st) {
+  thread_local Scratch scratch;
+  const int d = shape.head_dim, G = shape.n_heads / shape.n_kv_heads;
+  const int rows = (it.t1 - it.t0) * G;
+  // Query rows (token t, head i) -> row (t - t0) * G + i; scaled once here.
+  scratch.q.resize(rows, d);
+  for (int t = it.t0; t < it.t1; ++t) {
+    const float* src = sa.q + size_t(t) * shape.q_dim() + size_t(it.g) * G * d;
+    for (int i = 0; i < G * d; ++i) scratch.q.data()[size_t(t - it.t0) * G * d + i] = src[i] * shape.scale;
+  }
+  // Row positions for the causal part: rows of token t share positions[t].
+  std::vector<int32_t> row_pos(rows);
+  for (int r = 0; r < rows; ++r) row_pos[r] = sa.positions[it.t0 + r / G];
+  st.init(rows, d);
+
+  const int n_hist = sa.history ? sa.history->n_blocks() : 0;
+  if (sa.history) {
+    const size_t need = size_t(sa.history->max_block_tokens()) * d;
+    if (scratch.k.size() < need) {
+      scratch.k.resize(need);
+      scratch.v.resize(need);
+    }
+  }
+  for (int u = it.u0; u < it.u1; ++u) {
+    if (u < n_hist) {
+      const KvBlockView b = sa.history->block(u, it.g, scratch.k.data(), scratch.v.data());
+      if (b.n == 0) continue;
+      accumulate_block(scratch.q, b.k, b.v, b.n, d, b.positions, b.first_pos, nullptr, d,
+                       scratch.scores, st);
+    } else {
+      const int j0 = (u - n_hist) * kNewKeyTile;
+      const int j1 = std::min(sa.n_new, j0 + kNewKeyTile);
+      const size_t off = size_t(j0) * shape.kv_dim() + size_t(it.g) * d;
+      accumulate_block(scratch.q, sa.k_new + off, sa.v_new + off, j1 - j0, shape.kv_dim(),
+                       sa.positions + j0, 0, row_pos.data(), d, scratch.scores, st);
+    }
+  }
+}
+
+// Folds partial states b into a (same rows), flash-decoding style.
+void merge_into(Partial& a, const Partial& b, int d) {
+  for (size_t r = 0; r < a.m.size(); ++r) {
+    if (b.m[r] == kNegInf) continue;
+    const float m = std::max(a.m[r], b.m[r]);
+    const float ca = a.m[r] == kNegInf ? 0.0f : std::exp(a.m[r] - m);
+    const float cb = std::exp(b.m[r] - m);
+    a.l[r] = a.l[r] * ca + b.l[r] * cb;
+    for (int i = 0; i < d; ++i) a.acc[r * d + i] = a.acc[r * d + i] * ca + b.acc[r * d + i] * cb;
+    a.m[r] = m;
+  }
+}
+
+void report_probs(const AttentionShape& shape, const SeqAttention& sa, int layer,
+                  const AttentionObserver& observer) {
+  const int d = shape.head_dim, G = shape.n_heads / shape.n_kv_heads;
+  std::vector<float> sk, sv;
+  if (sa.history) {
+    sk.resize(size_t(sa.history->max_block_tokens()) * d);
+    sv.resize(sk.size());
+  }
+  for (int t = 0; t < sa.n_new; ++t) {
+    const int32_t pos = sa.positions[t];
+    if (!observer.wants(layer, sa.seq, pos)) continue;
+    for (int h = 0; h < shape.n_heads; ++h) {
+      const int g = h / G;
+      const float* q = sa.q + size_t(t) * shape.q_dim() + size_t(h) * d;
+      std::vector<double> logits;
+      std::vector<int32_t> kpos;
+      auto add = [&](const float* k, int32_t p) {
+        double s = 0;
+        for (int i = 0; i < d; ++i) s += double(q[i]) * k[i];
+        logits.push_back(s * shape.scale);
+        kpos.push_back(p);
+      };
+      for (int b = 0; sa.history && b < sa.history->n_blocks(); ++b) {
+        const KvBlockView blk = sa.history->block(b, g, sk.data(), sv.data());
+        for (int j = 0; j < blk.n; ++j) add(blk.k + size_t(j) * d, blk.positions ? blk.positions[j] : blk.first_pos + j);
+      }
+      for (int j = 0; j < sa.n_new && sa.positions[j] <= pos; ++j) {
+        add(sa.k_new + size_t(j) * shape.kv_dim() + size_t(g) * d, sa.positions[j]);
+      }
+      double mx = -INFINITY, sum = 0;
+      for (double s : logits) mx = std::max(mx, s);
+      for (double s : logits) sum += std::exp(s - mx);
+      std::vector<float> probs(logits.size());
+      for (size_t j = 0; j < logits.size(); ++j) probs[j] = float(std::exp(logits[j] - mx) / sum);
+      observer.observe(layer, sa.seq, pos, h, probs, kpos);
+    }
+  }
+}
+
+}  // namespace
+
+void attend(const AttentionShape& shape, std::span<const SeqAttention> seqs, int layer,
+            const AttentionObserver* observer) {
+  KVLAB_CHECK(shape.n_kv_heads > 0 && shape.n_heads % shape.n_kv_heads == 0);
+  const int d = shape.head_dim, G = shape.n_heads / shape.n_kv_heads;
+  std::vector<Item> items;
+  for (int s = 0; s < int(seqs.size()); ++s) {
+    const SeqAttention& sa = seqs[s];
+    const int n_hist = sa.history ? sa.history->n_blocks() : 0;
+    const int n_tiles = (sa.n_new + kQueryTile - 1) / kQueryTile;
+    for (int g = 0; g < shape.n_kv_heads; ++g) {
+      for (int tile = 0; tile < n_tiles; ++tile) {
+        const int t0 = tile * kQueryTile, t1 = std::min(sa.n_new, t0 + kQueryTile);
+        // Units this tile can see: all history blocks, then new-key tiles up to its last token.
+        const int n_units = n_hist + (t1 + kNewKeyTile - 1) / kNewKeyTile;
+        // One query tile (decode): split the keys so that both cores work; several tiles
+        // (prefill): the tiles already give enough items.
+        const int n_chunks = n_tiles == 1 ? (n_units + kUnitsPerChunk - 1) / kUnitsPerChunk : 1;
+        const int first = int(items.size());
+        for (int c = 0; c < n_chunks; ++c) {
+          const int u0 = c * n_units / n_chunks, u1 = (c + 1) * n_units / n_chunks;
+          items.push_back({s, g, t0, t1, u0, u1, first, n_chunks});
+        }
+      }
+    }
+  }
+  std::vector<Partial> partial(items.size());
+#pragma omp parallel for schedule(dynamic, 1)
+  for (size_t i = 0; i < items.size(); ++i) run_item(shape, seqs[items[i].s], items[i], partial[i]);
+
+  for (size_t i = 0; i < items.size(); ++i) {
+    const Item& it = items[i];
+    if (int(i) != it.first_chunk) continue;
+    Partial& st = partial[i];
+    for (int c = 1; c < it.n_chunks; ++c) merge_into(st, partial[i + c], d);
+    const SeqAttention& sa = seqs[it.s];
+    for (int t = it.t0; t < it.t1; ++t) {
+      for (int h = 0; h < G; ++h) {
+        const int r = (t - it.t0) * G + h;
+        float* o = sa.out + size_t(t) * shape.q_dim() + size_t(it.g * G + h) * d;
+        const float inv = st.l[r] > 0 ? 1.0f / st.l[r] : 0.0f;
+        for (int e = 0; e < d; ++e) o[e] = st.acc[size_t(r) * d + e] * inv;
+      }
+    }
+  }
+  if (observer) {
+    for (const SeqAttention& sa : seqs) report_probs(shape, sa, layer, *observer);
+  }
+}
+
+void attend_reference(const AttentionShape& shape, const float* q, const int32_t* q_pos, int n_q,
+                      const float* k, const float* v, const int32_t* k_pos, int n_k, float* out) {
+  const int d = shape.head_dim, G = shape.n_heads / shape.n_kv_heads;
+  std::vector<double> s(n_k);
+  for (int i = 0; i < n_q; ++i) {
+    for (int h = 0; h < shape.n_heads; ++h) {
+      const int g = h / G;
+      const float* qh = q + size_t(i) * shape.q_dim() + size_t(h) * d;
+      double mx = -INFINITY;
+      for (int j = 0; j < n_k; ++j) {
+        if (k_pos[j] > q_pos[i]) {
+          s[j] = -INFINITY;
+          continue;
+        }
+        const float* kj = k + size_t(j) * shape.kv_dim() + size_t(g) * d;
+        double dot = 0;
+        for (int e = 0; e < d; ++e) dot += double(qh[e]) * kj[e];
+        s[j] = dot * shape.scale;
+        mx = std::max(mx, s[j]);
+      }
+      double sum = 0;
+      for (int j = 0; j < n_k; ++j) sum += s[j] == -INFINITY ? 0.0 : std::exp(s[j] - mx);
+      float* o = out + size_t(i) * shape.q_dim() + size_t(h) * d;
+      for (int e = 0; e < d; ++e) {
+        double acc = 0;
+        for (int j = 0; j < n_k; ++j) {
+          if (s[j] == -INFINITY) continue;
+          acc += std::exp(s[j] - mx) / sum * v[size_t(j) * shape.kv_dim() + size_t(g) * d + e];
+        }
+        o[e] = float(acc);
+      }
+    }
+  }
+}
+
+}  // namespace kvlab

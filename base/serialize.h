@@ -1,0 +1,99 @@
+// Little-endian binary writer/reader for versioned files (saved caches, calibration files).
+// The reader checks every read against the end of the buffer: a truncated file is a kDataLoss
+// Status, never an out-of-bounds read.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <vector>
+
+#include "base/status.h"
+
+namespace kvlab {
+
+class BinaryWriter {
+ public:
+  template <typename T>
+  void put(T v) {
+    static_assert(std::is_trivially_copyable_v<T>);
+    buf_.append(reinterpret_cast<const char*>(&v), sizeof(T));
+  }
+  void put_bytes(const void* p, size_t n) { buf_.append(static_cast<const char*>(p), n); }
+  void put_string(std::string_view s) {
+    put<uint64_t>(s.size());
+    buf_.append(s);
+  }
+  template <typename T>
+  void put_array(const T* p, size_t n) {
+    put<uint64_t>(n);
+    put_bytes(p, n * sizeof(T));
+  }
+  const std::string& bytes() const { return buf_; }
+
+ private:
+  std::string buf_;
+};
+
+class BinaryReader {
+ public:
+  BinaryReader(const void* data, size_t size, std::string what)
+      : p_(static_cast<const uint8_t*>(data)), size_(size), what_(std::move(what)) {}
+
+  template <typename T>
+  Status get(T* v) {
+    static_assert(std::is_trivially_copyable_v<T>);
+    KVLAB_RETURN_IF_ERROR(need(sizeof(T)));
+    std::memcpy(v, p_ + pos_, sizeof(T));
+    pos_ += sizeof(T);
+    return Status::Ok();
+  }
+  Status get_bytes(void* dst, size_t n) {
+    KVLAB_RETURN_IF_ERROR(need(n));
+    std::memcpy(dst, p_ + pos_, n);
+    pos_ += n;
+    return Status::Ok();
+  }
+  Status get_string(std::string* s, size_t max_len = 1 << 20) {
+    uint64_t n = 0;
+    KVLAB_RETURN_IF_ERROR(get(&n));
+    if (n > max_len) return data_loss(what_ + ": string of " + std::to_string(n) + " bytes at offset " + std::to_string(pos_));
+    KVLAB_RETURN_IF_ERROR(need(n));
+    s->assign(reinterpret_cast<const char*>(p_ + pos_), n);
+    pos_ += n;
+    return Status::Ok();
+  }
+  // Reads an array written by put_array; `expected` < 0 accepts any length.
+  template <typename T, typename Alloc>
+  Status get_array(std::vector<T, Alloc>* v, int64_t expected = -1) {
+    uint64_t n = 0;
+    KVLAB_RETURN_IF_ERROR(get(&n));
+    if (expected >= 0 && n != uint64_t(expected)) {
+      return data_loss(what_ + ": array of " + std::to_string(n) + " elements where " +
+                       std::to_string(expected) + " were expected");
+    }
+    if (n > (size_ - pos_) / sizeof(T)) return need(n * sizeof(T));
+    v->resize(n);
+    return get_bytes(v->data(), n * sizeof(T));
+  }
+  size_t remaining() const { return size_ - pos_; }
+  size_t offset() const { return pos_; }
+  const std::string& what() const { return what_; }
+
+ private:
+  Status need(size_t n) const {
+    if (n > size_ - pos_) {
+      return data_loss(what_ + " is truncated: needs " + std::to_string(n) + " more bytes at offset " +
+                       std::to_string(pos_) + ", has " + std::to_string(size_ - pos_));
+    }
+    return Status::Ok();
+  }
+  const uint8_t* p_;
+  size_t size_;
+  size_t pos_ = 0;
+  std::string what_;
+};
+
+}  // namespace kvlab

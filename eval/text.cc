@@ -1,0 +1,49 @@
+#include "eval/text.h"
+
+#include "base/file.h"
+
+namespace kvlab {
+
+StatusOr<std::string> read_eval_text(const std::string& path) {
+  KVLAB_ASSIGN_OR_RETURN(std::string text, read_file_text(path));
+  if (text.find_first_not_of(" \t\r\n") == std::string::npos) {
+    return invalid_argument("text file '" + path + "' is empty");
+  }
+  return text;
+}
+
+std::vector<std::string> split_paragraphs(const std::string& text, int max_paragraphs) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start <= text.size() && (max_paragraphs < 0 || int(out.size()) < max_paragraphs)) {
+    size_t end = text.find("\n\n", start);
+    if (end == std::string::npos) end = text.size();
+    std::string p = text.substr(start, end - start);
+    const size_t a = p.find_first_not_of(" \t\r\n");
+    if (a != std::string::npos) {
+      const size_t b = p.find_last_not_of(" \t\r\n");
+      out.push_back(p.substr(a, b - a + 1));
+    }
+    if (end == text.size()) break;
+    start = end + 2;
+  }
+  return out;
+}
+
+StatusOr<std::vector<std::vector<int32_t>>> make_windows(const std::vector<int32_t>& tokens, int32_t bos,
+                                                         int context, int windows) {
+  const int64_t need = int64_t(windows) * (context - 1);
+  if (int64_t(tokens.size()) < need) {
+    return invalid_argument("the text has " + std::to_string(tokens.size()) + " tokens; " + std::to_string(windows) +
+                            " windows of " + std::to_string(context) + " need " + std::to_string(need));
+  }
+  std::vector<std::vector<int32_t>> out(windows);
+  for (int w = 0; w < windows; ++w) {
+    out[w].push_back(bos);
+    const auto first = tokens.begin() + int64_t(w) * (context - 1);
+    out[w].insert(out[w].end(), first, first + (context - 1));
+  }
+  return out;
+}
+
+}  // namespace kvlab

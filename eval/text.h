@@ -1,0 +1,21 @@
+// Evaluation text: reading it, cutting it into paragraphs or token windows.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "base/status.h"
+
+namespace kvlab {
+
+// The file's text; an empty (or whitespace-only) file is kInvalidArgument.
+StatusOr<std::string> read_eval_text(const std::string& path);
+// The first `max_paragraphs` (all if < 0) non-empty paragraphs separated by blank lines ("\n\n").
+std::vector<std::string> split_paragraphs(const std::string& text, int max_paragraphs);
+// `windows` windows of `context` tokens: BOS followed by the next context-1 tokens of `tokens`,
+// consecutive and non-overlapping from the start. kInvalidArgument if the text is too short.
+StatusOr<std::vector<std::vector<int32_t>>> make_windows(const std::vector<int32_t>& tokens, int32_t bos,
+                                                         int context, int windows);
+
+}  // namespace kvlab

@@ -1,0 +1,28 @@
+#include "kvcache/registry.h"
+
+#include "kvcache/policies/full_policy.h"
+
+namespace kvlab {
+
+const std::vector<PolicyInfo>& registered_policies() {
+  // One line per policy. The conformance suite (tests/conformance_test.cc) runs all of them.
+  static const std::vector<PolicyInfo> policies = {
+      full_policy_info(),
+  };
+  return policies;
+}
+
+const PolicyInfo* find_policy(const std::string& name) {
+  for (const PolicyInfo& p : registered_policies()) {
+    if (p.name == name) return &p;
+  }
+  return nullptr;
+}
+
+std::string registered_policy_names() {
+  std::string s;
+  for (const PolicyInfo& p : registered_policies()) s += (s.empty() ? "" : ", ") + p.name;
+  return s;
+}
+
+}  // namespace kvlab

@@ -1,0 +1,49 @@
+// The policy registry: every policy kvlab knows, its parameters, and how the conformance suite
+// exercises it. Adding a policy = one PolicyInfo in registry.cc; tests/conformance_test.cc then
+// runs it through every generic test without naming it.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "base/status.h"
+#include "kvcache/policy.h"
+#include "kvcache/policy_spec.h"
+
+namespace kvlab {
+
+struct ParamInfo {
+  enum class Kind { kInt, kFloat, kChoice, kString };
+  std::string key;
+  Kind kind = Kind::kInt;
+  std::string default_value;
+  std::vector<std::string> choices;  // kChoice
+  double min = 0, max = 0;           // kInt / kFloat, inclusive
+  std::string doc;
+};
+
+struct PolicyInfo {
+  std::string name;
+  std::string summary;  // one line for `kvlab policies` and error messages
+  std::vector<ParamInfo> params;
+  // Builds the instance for layers [ctx.first_layer, ctx.last_layer]. May fail on parameter
+  // combinations the schema cannot express (an error, never a silent fallback).
+  std::function<StatusOr<std::unique_ptr<Policy>>(const PolicyContext& ctx, const PolicyParams&)> make;
+
+  // --- what the conformance suite needs ---
+  // Specs exercised by every generic test (at least the default and the off setting).
+  std::vector<std::string> test_specs;
+  // The setting at which the policy must reproduce the full f32 cache's logits exactly.
+  std::string off_spec;
+  // Largest |read - written| / max|written| of a K or V element that survives in the cache.
+  std::function<double(const PolicyParams&)> roundtrip_tolerance;
+};
+
+const std::vector<PolicyInfo>& registered_policies();
+const PolicyInfo* find_policy(const std::string& name);
+// "full, quant, ..." for error messages.
+std::string registered_policy_names();
+
+}  // namespace kvlab

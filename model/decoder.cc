@@ -1,0 +1,138 @@
+// Model::forward: the reference Llama decoder.
+#include <cmath>
+#include <vector>
+
+#include "base/check.h"
+#include "kernels/cpu/matmul.h"
+#include "model/model.h"
+
+namespace kvlab {
+namespace {
+
+// out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w, rows of width dim.
+void rms_norm(const float* x, const float* w, int64_t n_rows, int dim, float eps, float* out) {
+  for (int64_t r = 0; r < n_rows; ++r) {
+    const float* xr = x + r * dim;
+    float ss = 0.0f;
+    for (int i = 0; i < dim; ++i) ss += xr[i] * xr[i];
+    const float inv = 1.0f / std::sqrt(ss / float(dim) + eps);
+    float* o = out + r * dim;
+    for (int i = 0; i < dim; ++i) o[i] = xr[i] * inv * w[i];
+  }
+}
+
+void linear(const std::vector<float>& x, int64_t n_rows, int64_t in, const std::vector<float>& w,
+            int64_t out, std::vector<float>& y) {
+  y.resize(size_t(n_rows * out));
+  matmul(x.data(), n_rows, in, w.data(), out, y.data());
+}
+
+}  // namespace
+
+Model::Model(std::string path, ModelConfig config, Weights weights, std::unique_ptr<Tokenizer> tokenizer)
+    : path_(std::move(path)),
+      config_(std::move(config)),
+      weights_(std::move(weights)),
+      tokenizer_(std::move(tokenizer)),
+      rope_(std::make_unique<RopeTable>(config_.head_dim, config_.rope_theta, config_.rope_style,
+                                        config_.max_seq_len)) {}
+
+KvGeometry Model::cache_geometry() const {
+  KvGeometry g;
+  g.n_layers = config_.n_layers;
+  g.n_heads = config_.n_heads;
+  g.n_kv_heads = config_.n_kv_heads;
+  g.head_dim = config_.head_dim;
+  g.max_seq_len = config_.max_seq_len;
+  return g;
+}
+
+int64_t Model::weight_bytes() const {
+  int64_t n = 0;
+  for (const LayerWeights& l : weights_.layers) {
+    for (const auto* t : {&l.attn_norm, &l.wq, &l.wk, &l.wv, &l.wo, &l.ffn_norm, &l.w_gate, &l.w_up, &l.w_down}) {
+      n += int64_t(t->size());
+    }
+  }
+  n += int64_t(weights_.final_norm.size() + weights_.classifier().size());
+  return n * int64_t(sizeof(float));
+}
+
+StatusOr<std::unique_ptr<KvCache>> Model::make_cache(std::string_view spec, int max_seqs) const {
+  return KvCache::create(cache_geometry(), rope_.get(), spec, max_seqs);
+}
+
+Status Model::forward(KvCache& cache, std::span<const SeqInput> inputs, LogitsMode mode,
+                      std::vector<float>* logits) const {
+  const KvGeometry geo = cache_geometry();
+  const KvGeometry& cg = cache.geometry();
+  if (cg.n_layers != geo.n_layers || cg.n_heads != geo.n_heads || cg.n_kv_heads != geo.n_kv_heads ||
+      cg.head_dim != geo.head_dim || cg.max_seq_len != geo.max_seq_len) {
+    return invalid_argument("the cache was made for a model of another shape");
+  }
+  std::vector<int> seqs, counts;
+  std::vector<int32_t> tokens;
+  for (const SeqInput& in : inputs) {
+    seqs.push_back(in.seq);
+    counts.push_back(int(in.tokens.size()));
+    for (int32_t t : in.tokens) {
+      if (t < 0 || t >= config_.vocab_size) {
+        return invalid_argument("token id " + std::to_string(t) + " is outside the vocabulary [0, " +
+                                std::to_string(config_.vocab_size) + ")");
+      }
+      tokens.push_back(t);
+    }
+  }
+  KVLAB_ASSIGN_OR_RETURN(ForwardBatch batch, cache.plan(seqs, counts));
+
+  const int D = config_.dim, H = config_.hidden_dim;
+  const int64_t n = batch.n_rows();
+  std::vector<float> x(size_t(n) * D), xn(size_t(n) * D);  // residual stream, normed copy
+  std::vector<float> q, k, v, att(size_t(n) * geo.q_dim()), o, gate, up, down;
+  for (int64_t r = 0; r < n; ++r) {
+    const float* e = &weights_.token_embedding[size_t(tokens[r]) * D];
+    std::copy(e, e + D, &x[size_t(r) * D]);
+  }
+  for (int l = 0; l < config_.n_layers; ++l) {
+    const LayerWeights& w = weights_.layers[l];
+    if (cache.wants_hidden(l)) cache.observe_hidden(l, batch, x.data(), D);
+    rms_norm(x.data(), w.attn_norm.data(), n, D, config_.norm_eps, xn.data());
+    linear(xn, n, D, w.wq, geo.q_dim(), q);
+    linear(xn, n, D, w.wk, geo.kv_dim(), k);
+    linear(xn, n, D, w.wv, geo.kv_dim(), v);
+    rope_->rotate(q.data(), n, geo.n_heads, batch.positions.data());
+    cache.attend(l, batch, q.data(), k.data(), v.data(), att.data());
+    linear(att, n, geo.q_dim(), w.wo, D, o);
+    for (size_t i = 0; i < x.size(); ++i) x[i] += o[i];
+
+    rms_norm(x.data(), w.ffn_norm.data(), n, D, config_.norm_eps, xn.data());
+    linear(xn, n, D, w.w_gate, H, gate);
+    linear(xn, n, D, w.w_up, H, up);
+    for (size_t i = 0; i < gate.size(); ++i) {
+      const float g = gate[i];
+      gate[i] = g / (1.0f + std::exp(-g)) * up[i];
+    }
+    linear(gate, n, H, w.w_down, D, down);
+    for (size_t i = 0; i < x.size(); ++i) x[i] += down[i];
+  }
+  cache.commit(batch);
+
+  if (mode == LogitsMode::kNone) return Status::Ok();
+  KVLAB_CHECK(logits != nullptr);
+  // Rows whose logits are wanted, normed, then one product with the classifier.
+  std::vector<int64_t> rows;
+  if (mode == LogitsMode::kAll) {
+    for (int64_t r = 0; r < n; ++r) rows.push_back(r);
+  } else {
+    for (const SeqSpan& sp : batch.seqs) rows.push_back(sp.row + sp.n_new - 1);
+  }
+  std::vector<float> sel(rows.size() * D);
+  for (size_t i = 0; i < rows.size(); ++i) {
+    rms_norm(&x[size_t(rows[i]) * D], weights_.final_norm.data(), 1, D, config_.norm_eps, &sel[i * D]);
+  }
+  logits->resize(rows.size() * size_t(config_.vocab_size));
+  matmul(sel.data(), int64_t(rows.size()), D, weights_.classifier().data(), config_.vocab_size, logits->data());
+  return Status::Ok();
+}
+
+}  // namespace kvlab

@@ -1,0 +1,77 @@
+// A loaded Llama-style model: config, f32 weights, tokenizer, and the reference decoder forward.
+//
+// Per layer (llama2.c / HF Llama semantics):
+//   x += W_o · attention(rope(W_q · rms(x)), W_k · rms(x), W_v · rms(x))   via the KV cache
+//   x += W_down · (silu(W_gate · rms(x)) ⊙ (W_up · rms(x)))
+// then logits = W_cls · rms(x). Matrix work goes through kernels/cpu/matmul.h, whose batch
+// invariance makes a sequence's logits independent of the batch it is decoded in.
+#pragma once
+
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "attention/rope.h"
+#include "base/status.h"
+#include "kvcache/kv_cache.h"
+#include "model/config.h"
+#include "model/tokenizer.h"
+#include "model/weights.h"
+
+namespace kvlab {
+
+// New tokens for one sequence slot.
+struct SeqInput {
+  int seq = 0;
+  std::span<const int32_t> tokens;
+};
+
+enum class LogitsMode {
+  kNone,  // no logits (prefill whose predictions are not needed)
+  kLast,  // [n_inputs, vocab]: the last token of each input
+  kAll,   // [n_rows, vocab]: every token, inputs stacked in order
+};
+
+class Model {
+ public:
+  // `path` is a file or an alias (stories260k, smollm2-135m; see resolve_model_path). The
+  // format is recognized from the file's first bytes. For llama2.c checkpoints the tokenizer is
+  // `tokenizer_path`, or else tok<vocab>.bin / tokenizer.bin beside the model.
+  static StatusOr<std::unique_ptr<Model>> load(const std::string& path,
+                                               const std::string& tokenizer_path = "");
+
+  const ModelConfig& config() const { return config_; }
+  const Weights& weights() const { return weights_; }
+  const Tokenizer& tokenizer() const { return *tokenizer_; }
+  const RopeTable& rope() const { return *rope_; }
+  const std::string& path() const { return path_; }
+  KvGeometry cache_geometry() const;
+  // Bytes of weights one decode step reads (every matrix once, the classifier included).
+  int64_t weight_bytes() const;
+
+  StatusOr<std::unique_ptr<KvCache>> make_cache(std::string_view spec, int max_seqs) const;
+
+  // One forward over the new tokens of several slots (distinct slots, each >= 1 token).
+  // Errors (nothing is written to the cache): a token id outside the vocabulary, a slot out of
+  // range, a sequence that would pass the model's context, a cache made for another model.
+  Status forward(KvCache& cache, std::span<const SeqInput> inputs, LogitsMode mode,
+                 std::vector<float>* logits) const;
+
+ private:
+  Model(std::string path, ModelConfig config, Weights weights, std::unique_ptr<Tokenizer> tokenizer);
+
+  std::string path_;
+  ModelConfig config_;
+  Weights weights_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  std::unique_ptr<RopeTable> rope_;
+};
+
+// Alias -> file: "stories260k" -> <shared>/models/stories260K.bin, "smollm2-135m" ->
+// <models dir>/SmolLM2-135M-Instruct.Q4_1.gguf (base/paths.h). Anything else is a path.
+// kNotFound, with the places looked at, when the file does not exist.
+StatusOr<std::string> resolve_model_path(const std::string& name_or_path);
+
+}  // namespace kvlab

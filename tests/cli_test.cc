@@ -1,0 +1,132 @@
+// The kvlab command on bad input: a clear message and exit code 2, nothing written. And the
+// JSON the eval command writes.
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+#include "base/file.h"
+#include "tests/testing/gguf_writer.h"
+#include "tests/testing/test_paths.h"
+
+namespace kvlab {
+namespace {
+
+using testing::run_kvlab;
+
+void write_bytes(const std::string& path, const std::vector<uint8_t>& b) {
+  ASSERT_TRUE(write_file_atomic(path, std::string(b.begin(), b.end())).ok());
+}
+
+void expect_failure(const std::vector<std::string>& args, const std::string& needle) {
+  const auto r = run_kvlab(args);
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find(needle), std::string::npos) << "output: " << r.output << "\nexpected: " << needle;
+  EXPECT_EQ(r.output.find("Segmentation"), std::string::npos);
+}
+
+TEST(CliTest, MissingModelFile) {
+  expect_failure({"info", "--model", "/nonexistent/model.gguf"}, "not found");
+  expect_failure({"eval", "--model", "/nonexistent/x.bin", "--text", testing::shared_data_path("sherlock_holmes_adventures.txt"),
+                  "--policy", "full"},
+                 "not found");
+}
+
+TEST(CliTest, TruncatedGguf) {
+  const auto tiny = testing::make_tiny_llama_gguf();
+  const std::string dir = testing::temp_dir();
+  for (size_t cut : {size_t(3), size_t(20), tiny.layout.tensor_info_begin + 5, tiny.bytes.size() - 1}) {
+    const std::string path = dir + "/cut.gguf";
+    write_bytes(path, std::vector<uint8_t>(tiny.bytes.begin(), tiny.bytes.begin() + cut));
+    const auto r = run_kvlab({"info", "--model", path});
+    EXPECT_EQ(r.exit_code, 2) << "cut at " << cut << ": " << r.output;
+    EXPECT_NE(r.output.find("kvlab: "), std::string::npos) << r.output;
+  }
+  // The real model cut short.
+  const std::string smol = testing::smollm2_path();
+  if (!smol.empty()) {
+    const auto bytes = read_file_bytes(smol);
+    ASSERT_TRUE(bytes.ok());
+    const std::string path = dir + "/smol_cut.gguf";
+    write_bytes(path, std::vector<uint8_t>(bytes->begin(), bytes->begin() + bytes->size() * 2 / 3));
+    expect_failure({"info", "--model", path}, "corrupt or truncated");
+  }
+}
+
+TEST(CliTest, WrongMagic) {
+  auto tiny = testing::make_tiny_llama_gguf();
+  tiny.bytes[3] = 'X';  // "GGUX"
+  const std::string path = testing::temp_dir() + "/magic.gguf";
+  write_bytes(path, tiny.bytes);
+  expect_failure({"info", "--model", path}, "not a GGUF file");
+}
+
+TEST(CliTest, UnsupportedTensorType) {
+  std::map<std::string, std::vector<float>> values;
+  testing::GgufWriter w = testing::tiny_llama_writer({}, &values);
+  ASSERT_TRUE(w.remove_tensor("blk.0.attn_v.weight"));
+  // Q5_K (type 13): 256 values in 176-byte blocks; attn_v is [dim 32, kv 16] = 512 values.
+  w.add_tensor_raw("blk.0.attn_v.weight", {32, 16}, 13, std::vector<uint8_t>(2 * 176, 0));
+  const std::string path = testing::temp_dir() + "/q5k.gguf";
+  write_bytes(path, w.bytes());
+  expect_failure({"info", "--model", path}, "blk.0.attn_v.weight");
+  expect_failure({"info", "--model", path}, "Q5_K");
+}
+
+TEST(CliTest, UnknownPolicyAndBadParameter) {
+  const std::string text = testing::shared_data_path("tinystories_valid_subset.txt");
+  expect_failure({"eval", "--model", "stories260k", "--text", text, "--policy", "nosuch"},
+                 "unknown policy 'nosuch' (valid: full");
+  expect_failure({"eval", "--model", "stories260k", "--text", text, "--policy", "full:dtype=f8"},
+                 "bad value 'f8' for full:dtype");
+  expect_failure({"eval", "--model", "stories260k", "--text", text, "--policy", "full:bits=3"},
+                 "unknown key 'bits'");
+  expect_failure({"generate", "--model", "stories260k", "--prompt", "Hi", "--policy", "L0-9=full"},
+                 "outside the model's layers L0-4");
+}
+
+TEST(CliTest, ContextLongerThanTheModel) {
+  expect_failure({"eval", "--model", "stories260k", "--text", testing::shared_data_path("tinystories_valid_subset.txt"),
+                  "--policy", "full", "--context", "1024"},
+                 "longer than the model's maximum context of 512");
+  expect_failure({"generate", "--model", "stories260k", "--prompt", "Once", "-n", "600"}, "context of 512");
+}
+
+TEST(CliTest, EmptyText) {
+  const std::string path = testing::temp_dir() + "/empty.txt";
+  ASSERT_TRUE(write_file_atomic(path, "\n\n").ok());
+  expect_failure({"eval", "--model", "stories260k", "--text", path, "--policy", "full"}, "is empty");
+  expect_failure({"ppl", "--model", "stories260k", "--text", path}, "is empty");
+}
+
+TEST(CliTest, BadCommandLine) {
+  expect_failure({"frobnicate"}, "unknown command 'frobnicate'");
+  expect_failure({"eval", "--model", "stories260k", "--windws", "3"}, "unknown option '--windws'");
+  expect_failure({"eval", "--model", "stories260k", "--text", "x", "--policy", "full", "--windows", "two"},
+                 "needs an integer");
+  expect_failure({"generate", "--model", "stories260k"}, "missing required option --prompt");
+}
+
+TEST(CliTest, EvalWritesJsonAndAFailedRunLeavesItAlone) {
+  const std::string dir = testing::temp_dir();
+  const std::string json = dir + "/out.json";
+  const std::string text = testing::shared_data_path("tinystories_valid_subset.txt");
+  auto r = run_kvlab({"eval", "--model", "stories260k", "--text", text, "--policy", "full:dtype=f32", "--context", "64",
+                      "--windows", "3", "--json", json, "--quiet"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const auto out = read_file_text(json);
+  ASSERT_TRUE(out.ok());
+  for (const char* key : {"\"model\"", "\"text\"", "\"policy\": \"full:dtype=f32\"", "\"context\": 64", "\"prefill\": 32",
+                          "\"windows\": 3", "\"tokens_scored\": 93", "\"ppl\"", "\"ppl_full\"", "\"rel_ppl\": 0",
+                          "\"kld_mean\": 0", "\"top1_agree\": 1", "\"kv_bytes\"", "\"kv_bytes_f16\": 120960",
+                          "\"bits_per_value\"", "\"compression_vs_f16\"", "\"decode_tokens_per_s\"",
+                          "\"decode_tokens_per_s_full\""}) {
+    EXPECT_NE(out->find(key), std::string::npos) << key << " missing in\n" << *out;
+  }
+  // A failing run must not touch an existing output.
+  r = run_kvlab({"eval", "--model", "stories260k", "--text", text, "--policy", "nosuch", "--json", json});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_EQ(*read_file_text(json), *out);
+}
+
+}  // namespace
+}  // namespace kvlab
