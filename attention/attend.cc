@@ -1,19 +1,16 @@
 #include "attention/attend.h"
 
-#include <Eigen/Core>
-
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
 
 #include "base/check.h"
+#include "kernels/cpu/attention_block.h"
+#include "kernels/cpu/matmul.h"
 
 namespace kvlab {
 namespace {
-
-using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-using ConstStrided = Eigen::Map<const RowMatrix, 0, Eigen::OuterStride<>>;
 
 constexpr int kQueryTile = 32;      // new tokens per prefill work item
 constexpr int kNewKeyTile = 64;     // new keys per step of the causal part
@@ -38,63 +35,67 @@ struct Partial {
   }
 };
 
-// Adds one block of keys to the state. q: [rows, d] (pre-scaled); k, v: [n, d] with row stride
-// ld; mask_pos: the position of each row (for causal masking) or null when no key can be in the
-// future of any row.
-void accumulate_block(const RowMatrix& q, const float* k, const float* v, int n, int ld,
-                      const int32_t* key_pos, int32_t first_pos, const int32_t* row_pos, int d,
-                      RowMatrix& scores, Partial& st) {
-  const int rows = int(q.rows());
-  ConstStrided K(k, n, d, Eigen::OuterStride<>(ld));
-  ConstStrided V(v, n, d, Eigen::OuterStride<>(ld));
-  scores.resize(rows, n);
-  scores.noalias() = q * K.transpose();
-  if (row_pos) {
-    for (int r = 0; r < rows; ++r) {
+struct Scratch {
+  std::vector<float> q;       // [rows, d] pre-scaled queries of the item
+  std::vector<float> k, v;    // [max_block_tokens, d] converted history block
+  std::vector<float> keys;    // [n, d] contiguous copy of strided new keys
+  std::vector<float> scores;  // [rows, n]
+};
+
+// Adds one block of n keys to the state of `rows` query rows. q: [rows, d] (pre-scaled); k, v:
+// [n, d] with rows ld apart. row_pos: each row's position for the causal mask, or null when no
+// key can lie in any row's future (history blocks).
+void accumulate_block(int rows, const float* k, const float* v, int n, int ld, const int32_t* key_pos,
+                      int32_t first_pos, const int32_t* row_pos, int d, Scratch& sc, Partial& st) {
+  const float* keys = k;
+  if (ld != d) {
+    sc.keys.resize(size_t(n) * d);
+    for (int j = 0; j < n; ++j) std::copy(k + size_t(j) * ld, k + size_t(j) * ld + d, &sc.keys[size_t(j) * d]);
+    keys = sc.keys.data();
+  }
+  sc.scores.resize(size_t(rows) * n);
+  float* scores = sc.scores.data();
+  matmul(sc.q.data(), rows, d, keys, n, scores);  // scores[r, j] = q_r . k_j
+  for (int r = 0; r < rows; ++r) {
+    float* sr = scores + size_t(r) * n;
+    if (row_pos) {
       for (int j = 0; j < n; ++j) {
-        const int32_t kp = key_pos ? key_pos[j] : first_pos + j;
-        if (kp > row_pos[r]) scores(r, j) = kNegInf;
+        if ((key_pos ? key_pos[j] : first_pos + j) > row_pos[r]) sr[j] = kNegInf;
       }
     }
-  }
-  for (int r = 0; r < rows; ++r) {
     float mx = kNegInf;
-    for (int j = 0; j < n; ++j) mx = std::max(mx, scores(r, j));
+    for (int j = 0; j < n; ++j) mx = std::max(mx, sr[j]);
     if (mx == kNegInf) {
-      scores.row(r).setZero();
+      std::fill(sr, sr + n, 0.0f);
       continue;
     }
     const float m_new = std::max(st.m[r], mx);
     const float corr = st.m[r] == kNegInf ? 0.0f : std::exp(st.m[r] - m_new);
     float sum = 0.0f;
     for (int j = 0; j < n; ++j) {
-      const float p = scores(r, j) == kNegInf ? 0.0f : std::exp(scores(r, j) - m_new);
-      scores(r, j) = p;
+      const float p = sr[j] == kNegInf ? 0.0f : std::exp(sr[j] - m_new);
+      sr[j] = p;
       sum += p;
     }
     st.l[r] = st.l[r] * corr + sum;
     st.m[r] = m_new;
-    float* a = &st.acc[size_t(r) * d];
-    for (int i = 0; i < d; ++i) a[i] *= corr;
+    if (corr != 1.0f) {
+      float* a = &st.acc[size_t(r) * d];
+      for (int i = 0; i < d; ++i) a[i] *= corr;
+    }
   }
-  Eigen::Map<RowMatrix> acc(st.acc.data(), rows, d);
-  acc.noalias() += scores * V;
+  attn_accumulate(scores, rows, n, v, ld, d, st.acc.data());
 }
-
-struct Scratch {
-  std::vector<float> k, v;
-  RowMatrix q, scores;
-};
 
 void run_item(const AttentionShape& shape, const SeqAttention& sa, const Item& it, Partial& st) {
   thread_local Scratch scratch;
   const int d = shape.head_dim, G = shape.n_heads / shape.n_kv_heads;
   const int rows = (it.t1 - it.t0) * G;
   // Query rows (token t, head i) -> row (t - t0) * G + i; scaled once here.
-  scratch.q.resize(rows, d);
+  scratch.q.resize(size_t(rows) * d);
   for (int t = it.t0; t < it.t1; ++t) {
     const float* src = sa.q + size_t(t) * shape.q_dim() + size_t(it.g) * G * d;
-    for (int i = 0; i < G * d; ++i) scratch.q.data()[size_t(t - it.t0) * G * d + i] = src[i] * shape.scale;
+    for (int i = 0; i < G * d; ++i) scratch.q[size_t(t - it.t0) * G * d + i] = src[i] * shape.scale;
   }
   // Row positions for the causal part: rows of token t share positions[t].
   std::vector<int32_t> row_pos(rows);
@@ -113,14 +114,13 @@ void run_item(const AttentionShape& shape, const SeqAttention& sa, const Item& i
     if (u < n_hist) {
       const KvBlockView b = sa.history->block(u, it.g, scratch.k.data(), scratch.v.data());
       if (b.n == 0) continue;
-      accumulate_block(scratch.q, b.k, b.v, b.n, d, b.positions, b.first_pos, nullptr, d,
-                       scratch.scores, st);
+      accumulate_block(rows, b.k, b.v, b.n, d, b.positions, b.first_pos, nullptr, d, scratch, st);
     } else {
       const int j0 = (u - n_hist) * kNewKeyTile;
       const int j1 = std::min(sa.n_new, j0 + kNewKeyTile);
       const size_t off = size_t(j0) * shape.kv_dim() + size_t(it.g) * d;
-      accumulate_block(scratch.q, sa.k_new + off, sa.v_new + off, j1 - j0, shape.kv_dim(),
-                       sa.positions + j0, 0, row_pos.data(), d, scratch.scores, st);
+      accumulate_block(rows, sa.k_new + off, sa.v_new + off, j1 - j0, shape.kv_dim(), sa.positions + j0, 0,
+                       row_pos.data(), d, scratch, st);
     }
   }
 }

@@ -2,7 +2,7 @@
 
 #include <cstring>
 
-#include "base/half.h"
+#include "kernels/cpu/convert.h"
 
 namespace kvlab {
 
@@ -36,32 +36,16 @@ double element_relative_error(ElementType t) {
 void encode_elements(ElementType t, const float* src, void* dst, size_t n) {
   switch (t) {
     case ElementType::kF32: std::memcpy(dst, src, n * 4); return;
-    case ElementType::kF16: {
-      auto* d = static_cast<uint16_t*>(dst);
-      for (size_t i = 0; i < n; ++i) d[i] = f32_to_f16(src[i]);
-      return;
-    }
-    case ElementType::kBF16: {
-      auto* d = static_cast<uint16_t*>(dst);
-      for (size_t i = 0; i < n; ++i) d[i] = f32_to_bf16(src[i]);
-      return;
-    }
+    case ElementType::kF16: convert_f32_to_f16(src, static_cast<uint16_t*>(dst), n); return;
+    case ElementType::kBF16: convert_f32_to_bf16(src, static_cast<uint16_t*>(dst), n); return;
   }
 }
 
 void decode_elements(ElementType t, const void* src, float* dst, size_t n) {
   switch (t) {
     case ElementType::kF32: std::memcpy(dst, src, n * 4); return;
-    case ElementType::kF16: {
-      const auto* s = static_cast<const uint16_t*>(src);
-      for (size_t i = 0; i < n; ++i) dst[i] = f16_to_f32(s[i]);
-      return;
-    }
-    case ElementType::kBF16: {
-      const auto* s = static_cast<const uint16_t*>(src);
-      for (size_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(s[i]);
-      return;
-    }
+    case ElementType::kF16: convert_f16_to_f32(static_cast<const uint16_t*>(src), dst, n); return;
+    case ElementType::kBF16: convert_bf16_to_f32(static_cast<const uint16_t*>(src), dst, n); return;
   }
 }
 

@@ -29,13 +29,39 @@ void linear(const std::vector<float>& x, int64_t n_rows, int64_t in, const std::
 
 }  // namespace
 
+namespace {
+
+// Appends b's elements to a, freeing b.
+void append_rows(std::vector<float>& a, std::vector<float>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  std::vector<float>().swap(b);
+}
+
+}  // namespace
+
 Model::Model(std::string path, ModelConfig config, Weights weights, std::unique_ptr<Tokenizer> tokenizer)
     : path_(std::move(path)),
       config_(std::move(config)),
-      weights_(std::move(weights)),
+      token_embedding_(std::move(weights.token_embedding)),
+      final_norm_(std::move(weights.final_norm)),
+      classifier_(std::move(weights.output)),
       tokenizer_(std::move(tokenizer)),
       rope_(std::make_unique<RopeTable>(config_.head_dim, config_.rope_theta, config_.rope_style,
-                                        config_.max_seq_len)) {}
+                                        config_.max_seq_len)) {
+  for (LayerWeights& w : weights.layers) {
+    Layer l;
+    l.attn_norm = std::move(w.attn_norm);
+    l.wqkv = std::move(w.wq);
+    append_rows(l.wqkv, w.wk);
+    append_rows(l.wqkv, w.wv);
+    l.wo = std::move(w.wo);
+    l.ffn_norm = std::move(w.ffn_norm);
+    l.w_gate_up = std::move(w.w_gate);
+    append_rows(l.w_gate_up, w.w_up);
+    l.w_down = std::move(w.w_down);
+    layers_.push_back(std::move(l));
+  }
+}
 
 KvGeometry Model::cache_geometry() const {
   KvGeometry g;
@@ -49,12 +75,10 @@ KvGeometry Model::cache_geometry() const {
 
 int64_t Model::weight_bytes() const {
   int64_t n = 0;
-  for (const LayerWeights& l : weights_.layers) {
-    for (const auto* t : {&l.attn_norm, &l.wq, &l.wk, &l.wv, &l.wo, &l.ffn_norm, &l.w_gate, &l.w_up, &l.w_down}) {
-      n += int64_t(t->size());
-    }
+  for (const Layer& l : layers_) {
+    for (const auto* t : {&l.attn_norm, &l.wqkv, &l.wo, &l.ffn_norm, &l.w_gate_up, &l.w_down}) n += int64_t(t->size());
   }
-  n += int64_t(weights_.final_norm.size() + weights_.classifier().size());
+  n += int64_t(final_norm_.size() + (classifier_.empty() ? token_embedding_ : classifier_).size());
   return n * int64_t(sizeof(float));
 }
 
@@ -86,33 +110,40 @@ Status Model::forward(KvCache& cache, std::span<const SeqInput> inputs, LogitsMo
   KVLAB_ASSIGN_OR_RETURN(ForwardBatch batch, cache.plan(seqs, counts));
 
   const int D = config_.dim, H = config_.hidden_dim;
+  const int qd = geo.q_dim(), kvd = geo.kv_dim();
   const int64_t n = batch.n_rows();
   std::vector<float> x(size_t(n) * D), xn(size_t(n) * D);  // residual stream, normed copy
-  std::vector<float> q, k, v, att(size_t(n) * geo.q_dim()), o, gate, up, down;
+  std::vector<float> qkv, q(size_t(n) * qd), k(size_t(n) * kvd), v(size_t(n) * kvd);
+  std::vector<float> att(size_t(n) * qd), o, gate_up, h(size_t(n) * H), down;
   for (int64_t r = 0; r < n; ++r) {
-    const float* e = &weights_.token_embedding[size_t(tokens[r]) * D];
+    const float* e = &token_embedding_[size_t(tokens[r]) * D];
     std::copy(e, e + D, &x[size_t(r) * D]);
   }
   for (int l = 0; l < config_.n_layers; ++l) {
-    const LayerWeights& w = weights_.layers[l];
+    const Layer& w = layers_[l];
     if (cache.wants_hidden(l)) cache.observe_hidden(l, batch, x.data(), D);
     rms_norm(x.data(), w.attn_norm.data(), n, D, config_.norm_eps, xn.data());
-    linear(xn, n, D, w.wq, geo.q_dim(), q);
-    linear(xn, n, D, w.wk, geo.kv_dim(), k);
-    linear(xn, n, D, w.wv, geo.kv_dim(), v);
+    linear(xn, n, D, w.wqkv, qd + 2 * kvd, qkv);
+    for (int64_t r = 0; r < n; ++r) {
+      const float* row = &qkv[size_t(r) * (qd + 2 * kvd)];
+      std::copy(row, row + qd, &q[size_t(r) * qd]);
+      std::copy(row + qd, row + qd + kvd, &k[size_t(r) * kvd]);
+      std::copy(row + qd + kvd, row + qd + 2 * kvd, &v[size_t(r) * kvd]);
+    }
     rope_->rotate(q.data(), n, geo.n_heads, batch.positions.data());
     cache.attend(l, batch, q.data(), k.data(), v.data(), att.data());
-    linear(att, n, geo.q_dim(), w.wo, D, o);
+    linear(att, n, qd, w.wo, D, o);
     for (size_t i = 0; i < x.size(); ++i) x[i] += o[i];
 
     rms_norm(x.data(), w.ffn_norm.data(), n, D, config_.norm_eps, xn.data());
-    linear(xn, n, D, w.w_gate, H, gate);
-    linear(xn, n, D, w.w_up, H, up);
-    for (size_t i = 0; i < gate.size(); ++i) {
-      const float g = gate[i];
-      gate[i] = g / (1.0f + std::exp(-g)) * up[i];
+    linear(xn, n, D, w.w_gate_up, 2 * H, gate_up);
+    for (int64_t r = 0; r < n; ++r) {
+      const float* g = &gate_up[size_t(r) * 2 * H];
+      const float* u = g + H;
+      float* hr = &h[size_t(r) * H];
+      for (int i = 0; i < H; ++i) hr[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
     }
-    linear(gate, n, H, w.w_down, D, down);
+    linear(h, n, H, w.w_down, D, down);
     for (size_t i = 0; i < x.size(); ++i) x[i] += down[i];
   }
   cache.commit(batch);
@@ -128,10 +159,11 @@ Status Model::forward(KvCache& cache, std::span<const SeqInput> inputs, LogitsMo
   }
   std::vector<float> sel(rows.size() * D);
   for (size_t i = 0; i < rows.size(); ++i) {
-    rms_norm(&x[size_t(rows[i]) * D], weights_.final_norm.data(), 1, D, config_.norm_eps, &sel[i * D]);
+    rms_norm(&x[size_t(rows[i]) * D], final_norm_.data(), 1, D, config_.norm_eps, &sel[i * D]);
   }
   logits->resize(rows.size() * size_t(config_.vocab_size));
-  matmul(sel.data(), int64_t(rows.size()), D, weights_.classifier().data(), config_.vocab_size, logits->data());
+  const std::vector<float>& cls = classifier_.empty() ? token_embedding_ : classifier_;
+  matmul(sel.data(), int64_t(rows.size()), D, cls.data(), config_.vocab_size, logits->data());
   return Status::Ok();
 }
 

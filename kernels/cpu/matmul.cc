@@ -50,22 +50,7 @@
 
 #include "base/check.h"
 
-#if defined(__x86_64__) || defined(__i386__)
-// GCC 12's AVX-512 headers initialise their "undefined" vectors from themselves, and
-// -W(maybe-)uninitialized then fires on every inlined intrinsic (GCC bug 105593, fixed in GCC
-// 13). The diagnostic is attributed to the header's lines, so silencing it around the include
-// is enough.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#if !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-#include <immintrin.h>
-#pragma GCC diagnostic pop
-#define KVLAB_MATMUL_X86 1
-#define KVLAB_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
-#define KVLAB_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
-#endif
+#include "kernels/cpu/simd.h"
 
 namespace kvlab {
 namespace {
@@ -126,7 +111,7 @@ struct ScalarKernel {
   }
 };
 
-#ifdef KVLAB_MATMUL_X86
+#ifdef KVLAB_X86
 // Prefetches `bytes` bytes at byte offset `offset` from `base` into L2. Integer arithmetic: the
 // address may lie past the end of w (prefetches never fault; pointer arithmetic would be UB).
 inline void prefetch_l2(uintptr_t base, int64_t offset, int bytes) {
@@ -434,7 +419,7 @@ struct Avx2Kernel {
     stream_rows_avx2<T>(x, w, y, k, n_out, n_rows);
   }
 };
-#endif  // KVLAB_MATMUL_X86
+#endif  // KVLAB_X86
 
 // ---------------------------------------------------------------------------------------------
 // Blocking and threads (shared by every ISA; none of it changes what a dot computes)
@@ -564,7 +549,7 @@ void matmul_isa(Isa isa, const float* x, int64_t n_tokens, int64_t k, const floa
     case Isa::kScalar:
       run<ScalarKernel>(p);
       return;
-#ifdef KVLAB_MATMUL_X86
+#ifdef KVLAB_X86
     case Isa::kAvx2:
       run<Avx2Kernel>(p);
       return;
