@@ -15,8 +15,7 @@ namespace {
 TEST(AttnAccumulateTest, MatchesReferenceAndIsRowInvariant) {
   std::mt19937 rng(11);
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-  for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512}) {
-    if (int(isa) > int(detected_isa())) continue;
+  for (Isa isa : supported_isas()) {
     for (int d : {1, 7, 8, 16, 17, 33, 64, 100, 128, 130}) {
       for (int rows : {1, 2, 3, 4, 7}) {
         for (int n : {1, 5, 32, 61}) {

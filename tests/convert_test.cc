@@ -14,18 +14,10 @@
 namespace kvlab {
 namespace {
 
-std::vector<Isa> isas() {
-  std::vector<Isa> out;
-  for (Isa i : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512}) {
-    if (int(i) <= int(detected_isa())) out.push_back(i);
-  }
-  return out;
-}
-
 TEST(ConvertTest, HalfToFloatEveryPattern) {
   std::vector<uint16_t> all(65536);
   for (uint32_t i = 0; i < all.size(); ++i) all[i] = uint16_t(i);
-  for (Isa isa : isas()) {
+  for (Isa isa : supported_isas()) {
     for (size_t n : {size_t(65536), size_t(65535 - 16), size_t(7), size_t(17)}) {
       std::vector<float> f16(n), bf16(n);
       convert_f16_to_f32_isa(isa, all.data(), f16.data(), n);
@@ -54,7 +46,7 @@ TEST(ConvertTest, FloatToHalfRoundsLikeScalar) {
   x.push_back(65520.0f);
   x.push_back(std::ldexp(1.0f, -25));
   x.push_back(-std::ldexp(1.5f, -25));
-  for (Isa isa : isas()) {
+  for (Isa isa : supported_isas()) {
     for (size_t n : {x.size(), size_t(15), size_t(33)}) {
       std::vector<uint16_t> h(n), b(n);
       convert_f32_to_f16_isa(isa, x.data(), h.data(), n);

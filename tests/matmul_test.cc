@@ -27,14 +27,6 @@ static void PrintTo(Isa isa, std::ostream* os) { *os << isa_name(isa); }
 
 namespace {
 
-std::vector<Isa> supported_isas() {
-  std::vector<Isa> isas;
-  for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512}) {
-    if (int(isa) <= int(detected_isa())) isas.push_back(isa);
-  }
-  return isas;
-}
-
 // Uniform floats in [-1, 1) from a fixed seed (our own generator, so the inputs are the same
 // with every standard library).
 class Rng {

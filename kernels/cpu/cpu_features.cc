@@ -135,4 +135,12 @@ Status set_active_isa(Isa isa) {
   return Status::Ok();
 }
 
+std::vector<Isa> supported_isas() {
+  std::vector<Isa> isas;
+  for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512}) {
+    if (int(isa) <= int(detected_isa())) isas.push_back(isa);
+  }
+  return isas;
+}
+
 }  // namespace kvlab

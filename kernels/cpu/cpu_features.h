@@ -9,6 +9,8 @@
 // reproducible within one.
 #pragma once
 
+#include <vector>
+
 #include "base/status.h"
 
 namespace kvlab {
@@ -21,6 +23,8 @@ const char* isa_name(Isa isa);
 StatusOr<Isa> parse_isa(const char* name);
 // The widest ISA this CPU (and OS) supports.
 Isa detected_isa();
+// Every ISA this CPU supports, narrowest first (tests run each kernel on all of them).
+std::vector<Isa> supported_isas();
 // The ISA the kernels use: detected_isa() unless set_active_isa() or $KVLAB_ISA chose a narrower one.
 // $KVLAB_ISA is read once, at the first call of active_isa() or set_active_isa(); if it is not a
 // valid name or names an ISA this CPU lacks, the process prints why on stderr and exits with
