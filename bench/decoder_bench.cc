@@ -78,6 +78,8 @@ void BM_Prefill(benchmark::State& state, std::string alias, int ctx, int batch) 
   state.counters["bytes_per_step"] = bytes;
   state.counters["GBps"] = benchmark::Counter(bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["stream_GBps"] = stream_gbps();
+  state.counters["bw_fraction"] =
+      benchmark::Counter(bytes * 1e-9 / stream_gbps(), benchmark::Counter::kIsIterationInvariantRate);
   prefilled()[{alias, ctx, batch}] = std::move(cache);
 }
 
