@@ -8,7 +8,8 @@
 //   cache.commit(b)                                  policies compress / evict; lengths advance
 //
 // Each layer belongs to one Policy instance (kvcache/policy.h); the instances come from a
-// policy spec (kvcache/policy_spec.h), so layers can mix policies.
+// policy spec (kvcache/policy_spec.h), so layers can mix policies. A cache serves one forward at
+// a time (the policies use every core inside it); it is not safe to call from several threads.
 #pragma once
 
 #include <memory>
