@@ -1,18 +1,39 @@
 #include "base/progress.h"
 
+#include <unistd.h>
+
 #include <cstdio>
 
 namespace kvlab {
+namespace {
+
+// On a terminal one line is rewritten a few times a second; into a file or pipe (a CI log) a
+// new line every ten seconds is enough.
+bool stderr_is_terminal() {
+  static const bool tty = ::isatty(2) == 1;
+  return tty;
+}
+
+}  // namespace
 
 void Progress::update(const std::string& label, int64_t done, int64_t total) {
   if (quiet_) return;
   const auto now = std::chrono::steady_clock::now();
-  if (open_ && done < total && now - last_ < std::chrono::milliseconds(200)) return;
+  const bool tty = stderr_is_terminal();
+  const auto period = tty ? std::chrono::milliseconds(200) : std::chrono::milliseconds(10000);
+  const bool first = label != label_;
+  if (!first && done < total && now - last_ < period) return;
   last_ = now;
-  std::fprintf(stderr, "\r[%s] %lld/%lld\033[K", label.c_str(), static_cast<long long>(done),
-               static_cast<long long>(total));
+  label_ = label;
+  if (tty) {
+    std::fprintf(stderr, "\r[%s] %lld/%lld\033[K", label.c_str(), static_cast<long long>(done),
+                 static_cast<long long>(total));
+  } else {
+    std::fprintf(stderr, "[%s] %lld/%lld\n", label.c_str(), static_cast<long long>(done),
+                 static_cast<long long>(total));
+  }
   std::fflush(stderr);
-  open_ = true;
+  open_ = tty;
 }
 
 void Progress::note(const std::string& line) {

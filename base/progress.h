@@ -1,4 +1,5 @@
-// Progress of long work on stderr, at most a few updates per second, silenced by --quiet.
+// Progress of long work on stderr, silenced by --quiet: a line rewritten a few times a second on
+// a terminal, a plain line every ten seconds into a log.
 #pragma once
 
 #include <chrono>
@@ -19,7 +20,8 @@ class Progress {
 
  private:
   bool quiet_;
-  bool open_ = false;
+  bool open_ = false;  // a rewritten terminal line is waiting for its newline
+  std::string label_;
   std::chrono::steady_clock::time_point last_{};
 };
 
