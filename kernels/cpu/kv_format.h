@@ -1,0 +1,59 @@
+// Packed layouts of one block of keys or values of ONE kv head, as the fused attention kernels
+// (kernels/cpu/kv_attention.h) read them and the quantizers (kernels/cpu/kv_quantize.h) write
+// them. A block holds n tokens of head size d. Policies own the memory; a KvBlock only points
+// into it. Every layout is defined here, once.
+//
+//   kF32, kF16, kBF16   token-major elements: element (j, c) at data + j * stride + c * esize.
+//   kFp8                token-major e4m3 bytes (1 sign, 4 exponent bits with bias 7, 3 mantissa
+//                       bits; no infinities, 0x7f / 0xff are NaN, largest finite 448), one f16
+//                       scale per token: value(j, c) = e4m3(data[j * stride + c]) * f16(scale[j]).
+//                       The quantizer picks scale = max|x| / 448 (round to nearest even).
+//   kIntToken           asymmetric uniform integers, groups of `group` consecutive channels of one
+//                       token (per-token quantization; KIVI's values). Token j's codes are the
+//                       bit stream at data + j * stride; scale and zero of group g of token j are
+//                       f16 at scale[j * (d / group) + g], zero[...]:
+//                         value(j, c) = code(j, c) * scale + zero.
+//   kIntChannel         asymmetric uniform integers, one group per channel over the block's
+//                       tokens (per-channel quantization; KIVI's keys: the block is one token
+//                       group). Channel c's codes are the bit stream at data + c * stride, code j
+//                       for token j; f16 scale[c], zero[c]:
+//                         value(j, c) = code(j, c) * scale[c] + zero[c].
+//
+// Bit streams: code i occupies bits [i * bits, (i + 1) * bits) of the little-endian byte string,
+// lowest bits first (for 4 bits: low nibble = even code). bits is 2, 3, 4 or 8. Zero is the
+// group minimum, scale = (max - min) / (2^bits - 1), both rounded to f16 before the codes are
+// chosen, so code * scale + zero is what the reader computes (KIVI's fp16 scale and zero-point).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace kvlab {
+
+enum class KvFormat : uint8_t { kF32, kF16, kBF16, kFp8, kIntToken, kIntChannel };
+
+struct KvBlock {
+  KvFormat format = KvFormat::kF32;
+  int n = 0;      // tokens
+  int d = 0;      // head size (channels)
+  int bits = 0;   // kIntToken / kIntChannel: 2, 3, 4 or 8
+  int group = 0;  // kIntToken: channels per group (divides d)
+  const uint8_t* data = nullptr;
+  int64_t stride = 0;               // bytes between tokens (token-major) or channels (kIntChannel)
+  const uint16_t* scale = nullptr;  // f16; kFp8, kIntToken, kIntChannel
+  const uint16_t* zero = nullptr;   // f16; kIntToken, kIntChannel
+};
+
+// Bytes of one packed bit stream of `count` codes.
+constexpr int64_t packed_bytes(int64_t count, int bits) { return (count * bits + 7) / 8; }
+
+// Bytes of one element of the token-major dense formats.
+constexpr int64_t element_bytes(KvFormat f) {
+  return f == KvFormat::kF32 ? 4 : (f == KvFormat::kFp8 ? 1 : 2);
+}
+
+static_assert(packed_bytes(64, 3) == 24, "3-bit stream of a 64-wide head is 24 bytes");
+static_assert(packed_bytes(128, 2) == 32, "2-bit stream of a 128-token group is 32 bytes");
+static_assert(packed_bytes(32, 4) == 16, "4-bit stream of a 32-token group is 16 bytes");
+
+}  // namespace kvlab
