@@ -6,8 +6,9 @@
 #include <vector>
 
 #include "base/check.h"
-#include "kernels/cpu/attention_block.h"
-#include "kernels/cpu/matmul.h"
+#include "kernels/cpu/kv_attention.h"
+#include "kernels/cpu/kv_quantize.h"
+#include "kernels/cpu/softmax.h"
 
 namespace kvlab {
 namespace {
@@ -37,54 +38,37 @@ struct Partial {
 
 struct Scratch {
   std::vector<float> q;       // [rows, d] pre-scaled queries of the item
-  std::vector<float> k, v;    // [max_block_tokens, d] converted history block
-  std::vector<float> keys;    // [n, d] contiguous copy of strided new keys
-  std::vector<float> scores;  // [rows, n]
+  std::vector<float> scores;  // [rows, n] scores, then probabilities
+  std::vector<int32_t> row_pos;
 };
 
-// Adds one block of n keys to the state of `rows` query rows. q: [rows, d] (pre-scaled); k, v:
-// [n, d] with rows ld apart. row_pos: each row's position for the causal mask, or null when no
-// key can lie in any row's future (history blocks).
-void accumulate_block(int rows, const float* k, const float* v, int n, int ld, const int32_t* key_pos,
-                      int32_t first_pos, const int32_t* row_pos, int d, Scratch& sc, Partial& st) {
-  const float* keys = k;
-  if (ld != d) {
-    sc.keys.resize(size_t(n) * d);
-    for (int j = 0; j < n; ++j) std::copy(k + size_t(j) * ld, k + size_t(j) * ld + d, &sc.keys[size_t(j) * d]);
-    keys = sc.keys.data();
-  }
+// Folds one block into the state of `rows` query rows: scores from the packed keys, the online
+// softmax step, values accumulated. row_pos: each row's position for the causal mask, or null
+// when no key can lie in any row's future (history blocks).
+void accumulate_block(const HistoryBlock& b, int rows, const int32_t* row_pos, int d, Scratch& sc, Partial& st) {
+  const int n = b.k.n;
+  if (n == 0) return;
   sc.scores.resize(size_t(rows) * n);
-  float* scores = sc.scores.data();
-  matmul(sc.q.data(), rows, d, keys, n, scores);  // scores[r, j] = q_r . k_j
-  for (int r = 0; r < rows; ++r) {
-    float* sr = scores + size_t(r) * n;
-    if (row_pos) {
-      for (int j = 0; j < n; ++j) {
-        if ((key_pos ? key_pos[j] : first_pos + j) > row_pos[r]) sr[j] = kNegInf;
-      }
-    }
-    float mx = kNegInf;
-    for (int j = 0; j < n; ++j) mx = std::max(mx, sr[j]);
-    if (mx == kNegInf) {
-      std::fill(sr, sr + n, 0.0f);
-      continue;
-    }
-    const float m_new = std::max(st.m[r], mx);
-    const float corr = st.m[r] == kNegInf ? 0.0f : std::exp(st.m[r] - m_new);
-    float sum = 0.0f;
-    for (int j = 0; j < n; ++j) {
-      const float p = sr[j] == kNegInf ? 0.0f : std::exp(sr[j] - m_new);
-      sr[j] = p;
-      sum += p;
-    }
-    st.l[r] = st.l[r] * corr + sum;
-    st.m[r] = m_new;
-    if (corr != 1.0f) {
-      float* a = &st.acc[size_t(r) * d];
-      for (int i = 0; i < d; ++i) a[i] *= corr;
-    }
+  kv_scores(b.k, sc.q.data(), rows, sc.scores.data());
+  online_softmax_block(sc.scores.data(), rows, n, b.positions, b.first_pos, row_pos, st.m.data(), st.l.data(),
+                       st.acc.data(), d);
+  kv_accumulate(b.v, sc.scores.data(), rows, st.acc.data());
+}
+
+// The new tokens [j0, j1) of kv head g, exact f32, as a block.
+HistoryBlock new_tokens_block(const AttentionShape& shape, const SeqAttention& sa, int g, int j0, int j1) {
+  HistoryBlock b;
+  for (KvBlock* blk : {&b.k, &b.v}) {
+    blk->format = KvFormat::kF32;
+    blk->n = j1 - j0;
+    blk->d = shape.head_dim;
+    blk->stride = int64_t(shape.kv_dim()) * sizeof(float);
   }
-  attn_accumulate(scores, rows, n, v, ld, d, st.acc.data());
+  const size_t off = size_t(j0) * shape.kv_dim() + size_t(g) * shape.head_dim;
+  b.k.data = reinterpret_cast<const uint8_t*>(sa.k_new + off);
+  b.v.data = reinterpret_cast<const uint8_t*>(sa.v_new + off);
+  b.positions = sa.positions + j0;
+  return b;
 }
 
 void run_item(const AttentionShape& shape, const SeqAttention& sa, const Item& it, Partial& st) {
@@ -98,29 +82,18 @@ void run_item(const AttentionShape& shape, const SeqAttention& sa, const Item& i
     for (int i = 0; i < G * d; ++i) scratch.q[size_t(t - it.t0) * G * d + i] = src[i] * shape.scale;
   }
   // Row positions for the causal part: rows of token t share positions[t].
-  std::vector<int32_t> row_pos(rows);
-  for (int r = 0; r < rows; ++r) row_pos[r] = sa.positions[it.t0 + r / G];
+  scratch.row_pos.resize(rows);
+  for (int r = 0; r < rows; ++r) scratch.row_pos[r] = sa.positions[it.t0 + r / G];
   st.init(rows, d);
 
   const int n_hist = sa.history ? sa.history->n_blocks() : 0;
-  if (sa.history) {
-    const size_t need = size_t(sa.history->max_block_tokens()) * d;
-    if (scratch.k.size() < need) {
-      scratch.k.resize(need);
-      scratch.v.resize(need);
-    }
-  }
   for (int u = it.u0; u < it.u1; ++u) {
     if (u < n_hist) {
-      const KvBlockView b = sa.history->block(u, it.g, scratch.k.data(), scratch.v.data());
-      if (b.n == 0) continue;
-      accumulate_block(rows, b.k, b.v, b.n, d, b.positions, b.first_pos, nullptr, d, scratch, st);
+      accumulate_block(sa.history->block(u, it.g), rows, nullptr, d, scratch, st);
     } else {
       const int j0 = (u - n_hist) * kNewKeyTile;
       const int j1 = std::min(sa.n_new, j0 + kNewKeyTile);
-      const size_t off = size_t(j0) * shape.kv_dim() + size_t(it.g) * d;
-      accumulate_block(rows, sa.k_new + off, sa.v_new + off, j1 - j0, shape.kv_dim(), sa.positions + j0, 0,
-                       row_pos.data(), d, scratch, st);
+      accumulate_block(new_tokens_block(shape, sa, it.g, j0, j1), rows, scratch.row_pos.data(), d, scratch, st);
     }
   }
 }
@@ -141,11 +114,7 @@ void merge_into(Partial& a, const Partial& b, int d) {
 void report_probs(const AttentionShape& shape, const SeqAttention& sa, int layer,
                   const AttentionObserver& observer) {
   const int d = shape.head_dim, G = shape.n_heads / shape.n_kv_heads;
-  std::vector<float> sk, sv;
-  if (sa.history) {
-    sk.resize(size_t(sa.history->max_block_tokens()) * d);
-    sv.resize(sk.size());
-  }
+  std::vector<float> keys;  // one history block of keys, dequantized
   for (int t = 0; t < sa.n_new; ++t) {
     const int32_t pos = sa.positions[t];
     if (!observer.wants(layer, sa.seq, pos)) continue;
@@ -161,8 +130,10 @@ void report_probs(const AttentionShape& shape, const SeqAttention& sa, int layer
         kpos.push_back(p);
       };
       for (int b = 0; sa.history && b < sa.history->n_blocks(); ++b) {
-        const KvBlockView blk = sa.history->block(b, g, sk.data(), sv.data());
-        for (int j = 0; j < blk.n; ++j) add(blk.k + size_t(j) * d, blk.positions ? blk.positions[j] : blk.first_pos + j);
+        const HistoryBlock blk = sa.history->block(b, g);
+        keys.resize(size_t(blk.k.n) * d);
+        dequantize_block(blk.k, keys.data());
+        for (int j = 0; j < blk.k.n; ++j) add(&keys[size_t(j) * d], blk.positions ? blk.positions[j] : blk.first_pos + j);
       }
       for (int j = 0; j < sa.n_new && sa.positions[j] <= pos; ++j) {
         add(sa.k_new + size_t(j) * shape.kv_dim() + size_t(g) * d, sa.positions[j]);

@@ -6,13 +6,17 @@
 // merge of partial softmax states (flash-decoding): long prefills split over query tiles, single
 // token decodes over chunks of history blocks, so both cores work at batch 1. The split depends
 // only on each sequence's own lengths, never on the batch or the thread count: a sequence gets
-// bit-identical output alone or in a batch.
+// bit-identical output alone or in a batch. Per block, the fused kernels of
+// kernels/cpu/kv_attention.h compute the scores of all query heads of the kv head from the packed
+// keys, kernels/cpu/softmax.h folds them into the running softmax, and the packed values are
+// accumulated.
 #pragma once
 
 #include <cstdint>
 #include <span>
 
 #include "attention/observer.h"
+#include "kernels/cpu/kv_format.h"
 
 namespace kvlab {
 
@@ -25,11 +29,10 @@ struct AttentionShape {
   int kv_dim() const { return n_kv_heads * head_dim; }
 };
 
-// One block of one kv head's history, in f32, post-RoPE.
-struct KvBlockView {
-  const float* k = nullptr;  // [n, head_dim], rows head_dim apart
-  const float* v = nullptr;  // [n, head_dim]
-  int n = 0;
+// One block of one kv head's history: keys (post-RoPE) and values in their packed formats
+// (kernels/cpu/kv_format.h), read by the fused kernels without a full-precision copy.
+struct HistoryBlock {
+  KvBlock k, v;                        // same n
   const int32_t* positions = nullptr;  // [n]; null means first_pos, first_pos + 1, ...
   int32_t first_pos = 0;
 };
@@ -40,10 +43,7 @@ class KvHistory {
  public:
   virtual ~KvHistory() = default;
   virtual int n_blocks() const = 0;
-  virtual int max_block_tokens() const = 0;
-  // Block b of kv head `kv_head`. Points into storage, or converts into the scratch buffers
-  // ([max_block_tokens, head_dim] each) and points there.
-  virtual KvBlockView block(int b, int kv_head, float* scratch_k, float* scratch_v) const = 0;
+  virtual HistoryBlock block(int b, int kv_head) const = 0;
 };
 
 struct SeqAttention {

@@ -1,52 +1,42 @@
 #include "kvcache/formats.h"
 
-#include <cstring>
-
-#include "kernels/cpu/convert.h"
+#include "kernels/cpu/kv_quantize.h"
 
 namespace kvlab {
 
-const char* element_type_name(ElementType t) {
-  switch (t) {
-    case ElementType::kF32: return "f32";
-    case ElementType::kF16: return "f16";
-    case ElementType::kBF16: return "bf16";
+StatusOr<KvFormat> parse_dense_format(const std::string& name) {
+  if (name == "f32") return KvFormat::kF32;
+  if (name == "f16") return KvFormat::kF16;
+  if (name == "bf16") return KvFormat::kBF16;
+  if (name == "fp8") return KvFormat::kFp8;
+  return invalid_argument("unknown storage type '" + name + "' (valid: f32, f16, bf16, fp8)");
+}
+
+const char* format_name(KvFormat f) {
+  switch (f) {
+    case KvFormat::kF32: return "f32";
+    case KvFormat::kF16: return "f16";
+    case KvFormat::kBF16: return "bf16";
+    case KvFormat::kFp8: return "fp8";
+    case KvFormat::kIntToken: return "int-per-token";
+    case KvFormat::kIntChannel: return "int-per-channel";
   }
   return "?";
 }
 
-StatusOr<ElementType> parse_element_type(const std::string& name) {
-  if (name == "f32") return ElementType::kF32;
-  if (name == "f16") return ElementType::kF16;
-  if (name == "bf16") return ElementType::kBF16;
-  return invalid_argument("unknown element type '" + name + "' (valid: f32, f16, bf16)");
-}
-
-size_t element_size(ElementType t) { return t == ElementType::kF32 ? 4 : 2; }
-
-double element_relative_error(ElementType t) {
-  switch (t) {
-    case ElementType::kF32: return 0.0;
-    case ElementType::kF16: return 1.0 / 2048;
-    case ElementType::kBF16: return 1.0 / 256;
-  }
-  return 1.0;
-}
-
-void encode_elements(ElementType t, const float* src, void* dst, size_t n) {
-  switch (t) {
-    case ElementType::kF32: std::memcpy(dst, src, n * 4); return;
-    case ElementType::kF16: convert_f32_to_f16(src, static_cast<uint16_t*>(dst), n); return;
-    case ElementType::kBF16: convert_f32_to_bf16(src, static_cast<uint16_t*>(dst), n); return;
+double dense_relative_error(KvFormat f) {
+  switch (f) {
+    case KvFormat::kF32: return 0.0;
+    case KvFormat::kF16: return 1.0 / 2048;
+    case KvFormat::kBF16: return 1.0 / 256;
+    // e4m3 keeps 3 mantissa bits (half an ulp is 2^-4 of the value) with the scale chosen so the
+    // largest value maps to 448; the f16 rounding of the scale and the subnormal range (steps of
+    // 2^-9 * scale) add at most 2^-10 of the largest value.
+    case KvFormat::kFp8: return 1.0 / 16 + 1.0 / 1024;
+    default: return 1.0;
   }
 }
 
-void decode_elements(ElementType t, const void* src, float* dst, size_t n) {
-  switch (t) {
-    case ElementType::kF32: std::memcpy(dst, src, n * 4); return;
-    case ElementType::kF16: convert_f16_to_f32(static_cast<const uint16_t*>(src), dst, n); return;
-    case ElementType::kBF16: convert_bf16_to_f32(static_cast<const uint16_t*>(src), dst, n); return;
-  }
-}
+double int_relative_error(int bits) { return int_quant_error_bound(-1.0, 1.0, bits); }
 
 }  // namespace kvlab

@@ -1,24 +1,20 @@
-// Element storage types of K/V values and their conversions to and from f32.
+// Names and error budgets of the K/V storage formats (layouts: kernels/cpu/kv_format.h).
 #pragma once
 
-#include <cstddef>
-#include <cstdint>
 #include <string>
 
 #include "base/status.h"
+#include "kernels/cpu/kv_format.h"
 
 namespace kvlab {
 
-enum class ElementType { kF32, kF16, kBF16 };
-
-const char* element_type_name(ElementType t);
-StatusOr<ElementType> parse_element_type(const std::string& name);
-size_t element_size(ElementType t);
-// Largest |decode(encode(x)) - x| / |x| over normal values: 0 for f32, 2^-11 for f16, 2^-8 for bf16.
-double element_relative_error(ElementType t);
-
-// n values f32 -> storage (round to nearest even) and back.
-void encode_elements(ElementType t, const float* src, void* dst, size_t n);
-void decode_elements(ElementType t, const void* src, float* dst, size_t n);
+// "f32", "f16", "bf16", "fp8" -> the dense formats exact tokens are kept in.
+StatusOr<KvFormat> parse_dense_format(const std::string& name);
+const char* format_name(KvFormat f);
+// Largest |stored - x| relative to max|x| over the values stored together (a head vector for
+// the dense formats): 0 for f32, 2^-11 for f16, 2^-8 for bf16, about 2^-4 for fp8 e4m3.
+double dense_relative_error(KvFormat f);
+// The same for the asymmetric integer formats of `bits` bits, from the quantizer's own bound.
+double int_relative_error(int bits);
 
 }  // namespace kvlab

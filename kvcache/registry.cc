@@ -1,6 +1,6 @@
 #include "kvcache/registry.h"
 
-#include "kvcache/policies/full_policy.h"
+#include "kvcache/policies/policies.h"
 
 namespace kvlab {
 
@@ -8,6 +8,9 @@ const std::vector<PolicyInfo>& registered_policies() {
   // One line per policy. The conformance suite (tests/conformance_test.cc) runs all of them.
   static const std::vector<PolicyInfo> policies = {
       full_policy_info(),
+      quant_policy_info(),
+      kivi_policy_info(),
+      streaming_policy_info(),
   };
   return policies;
 }

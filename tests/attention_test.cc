@@ -34,17 +34,20 @@ class VectorHistory final : public KvHistory {
     }
   }
   int n_blocks() const override { return (int(pos_.size()) + block_ - 1) / block_; }
-  int max_block_tokens() const override { return block_; }
-  KvBlockView block(int b, int g, float*, float*) const override {
+  HistoryBlock block(int b, int g) const override {
     const int n = int(pos_.size());
-    KvBlockView view;
-    view.n = std::min(block_, n - b * block_);
-    view.k = &k_[(size_t(g) * n + size_t(b) * block_) * d_];
-    view.v = &v_[(size_t(g) * n + size_t(b) * block_) * d_];
-    view.positions = &pos_[size_t(b) * block_];
-    return view;
+    HistoryBlock hb;
+    for (KvBlock* blk : {&hb.k, &hb.v}) {
+      blk->format = KvFormat::kF32;
+      blk->n = std::min(block_, n - b * block_);
+      blk->d = d_;
+      blk->stride = int64_t(d_) * sizeof(float);
+    }
+    hb.k.data = reinterpret_cast<const uint8_t*>(&k_[(size_t(g) * n + size_t(b) * block_) * d_]);
+    hb.v.data = reinterpret_cast<const uint8_t*>(&v_[(size_t(g) * n + size_t(b) * block_) * d_]);
+    hb.positions = &pos_[size_t(b) * block_];
+    return hb;
   }
-
  private:
   std::vector<float> k_, v_;
   std::vector<int32_t> pos_;

@@ -137,23 +137,24 @@ TEST_P(ConformanceTest, WriteReadRoundTrip) {
       ASSERT_EQ(int(c.positions.size()), cache->stored_tokens(l, s));
       ASSERT_LE(cache->stored_tokens(l, s), len);
       ASSERT_EQ(c.k.size(), c.positions.size() * g.kv_dim());
+      // Error budget relative to the largest magnitude written to this layer and slot: the
+      // groups a format quantizes together (a head vector, a channel over a token group) are
+      // all inside it.
+      double k_max = 0, v_max = 0;
+      for (float x : wk[l][s]) k_max = std::max(k_max, double(std::fabs(x)));
+      for (float x : wv[l][s]) v_max = std::max(v_max, double(std::fabs(x)));
       for (size_t i = 0; i < c.positions.size(); ++i) {
         const int32_t p = c.positions[i];
         ASSERT_TRUE(p >= 0 && p < len);
         if (i > 0) {
           ASSERT_LT(c.positions[i - 1], p);
         }
-        for (int h = 0; h < g.n_kv_heads; ++h) {
-          // Error budget relative to the largest magnitude of the head vector.
-          const size_t o = size_t(p) * g.kv_dim() + size_t(h) * g.head_dim;
-          for (const auto& [got, want] : {std::pair{&c.k, &wk[l][s]}, std::pair{&c.v, &wv[l][s]}}) {
-            double mx = 0;
-            for (int e = 0; e < g.head_dim; ++e) mx = std::max(mx, double(std::fabs((*want)[o + e])));
-            for (int e = 0; e < g.head_dim; ++e) {
-              const double err = std::fabs((*got)[i * g.kv_dim() + size_t(h) * g.head_dim + e] - (*want)[o + e]);
-              ASSERT_LE(err, tol * mx + 1e-7) << "layer " << l << " slot " << s << " pos " << p;
-            }
-          }
+        for (size_t e = 0; e < size_t(g.kv_dim()); ++e) {
+          const size_t o = size_t(p) * g.kv_dim() + e;
+          ASSERT_LE(std::fabs(c.k[i * g.kv_dim() + e] - wk[l][s][o]), tol * k_max + 1e-7)
+              << "key, layer " << l << " slot " << s << " pos " << p;
+          ASSERT_LE(std::fabs(c.v[i * g.kv_dim() + e] - wv[l][s][o]), tol * v_max + 1e-7)
+              << "value, layer " << l << " slot " << s << " pos " << p;
         }
       }
     }
@@ -298,7 +299,10 @@ TEST_P(ConformanceTest, SaveRestoreContinuesIdentically) {
   auto restored = KvCache::restore(path, model().cache_geometry(), &model().rope());
   ASSERT_TRUE(restored.ok()) << restored.status().to_string();
   EXPECT_EQ((*restored)->spec(), cache->spec());
-  EXPECT_EQ((*restored)->memory().kv_bytes(), cache->memory().kv_bytes());
+  // A restored cache allocates what its tokens need (a ring's pages that were used once and are
+  // empty now are not restored).
+  EXPECT_LE((*restored)->memory().kv_bytes(), cache->memory().kv_bytes());
+  EXPECT_GT((*restored)->memory().kv_bytes(), 0);
   const std::vector<int32_t> next = {10, 11, 12, 13};
   std::vector<SeqInput> in;
   for (int s = 0; s < 3; ++s) in.push_back({s, next});

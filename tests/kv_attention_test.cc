@@ -1,1 +1,463 @@
-// being written
+// Validator for the fused packed-block kernels of kernels/cpu/kv_attention.h.
+//
+// Blocks are packed here by a small writer that follows kernels/cpu/kv_format.h, and read back by
+// an independent reference reader (double precision). Every ISA the CPU supports is checked:
+//   1. accuracy: kv_scores / kv_accumulate against sum_c q * K(j, c) and acc + sum_j p * V(j, c)
+//      computed in double from the SAME packed bytes, for every format and bit width, on awkward
+//      shapes; the budget is the f32 rounding of the kernel's own sums (see f32_budget());
+//   2. batch invariance: rows computed together are bit-identical to rows computed one at a time;
+//   3. whole contexts through scores + online softmax + accumulate, against a one-shot softmax in
+//      double.
+#include "kernels/cpu/kv_attention.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "base/half.h"
+#include "kernels/cpu/cpu_features.h"
+#include "kernels/cpu/kv_format.h"
+#include "kernels/cpu/softmax.h"
+
+namespace kvlab {
+
+namespace {
+
+constexpr double kU = 1.0 / 16777216.0;  // unit roundoff of f32, 2^-24
+
+class Rng {
+ public:
+  explicit Rng(uint64_t seed) : s_(seed * 0x9e3779b97f4a7c15ull + 1) {}
+  float uniform() {  // [-1, 1)
+    s_ = s_ * 6364136223846793005ull + 1442695040888963407ull;
+    return float(int32_t(s_ >> 32)) * (1.0f / 2147483648.0f);
+  }
+  uint32_t next() {
+    s_ = s_ * 6364136223846793005ull + 1442695040888963407ull;
+    return uint32_t(s_ >> 33);
+  }
+
+ private:
+  uint64_t s_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// A writer and a reference reader of kv_format.h, independent of the library's.
+
+double e4m3_ref(uint8_t b) {
+  const int e = (b >> 3) & 15, m = b & 7;
+  if (e == 15 && m == 7) return std::numeric_limits<double>::quiet_NaN();
+  const double v = e == 0 ? std::ldexp(m / 8.0, -6) : std::ldexp(1.0 + m / 8.0, e - 7);
+  return (b & 0x80) ? -v : v;
+}
+
+// Nearest e4m3 by exhaustive search (test code: clarity over speed).
+uint8_t e4m3_from(double x) {
+  uint8_t best = 0;
+  double best_err = std::numeric_limits<double>::infinity();
+  for (int b = 0; b < 256; ++b) {
+    const double v = e4m3_ref(uint8_t(b));
+    if (std::isnan(v)) continue;
+    const double err = std::fabs(v - x);
+    if (err < best_err) best_err = err, best = uint8_t(b);
+  }
+  return best;
+}
+
+uint32_t read_code(const uint8_t* p, int64_t i, int bits) {
+  uint32_t v = 0;
+  for (int b = 0; b < bits; ++b) {
+    const int64_t bit = i * bits + b;
+    v |= uint32_t((p[bit / 8] >> (bit % 8)) & 1) << b;
+  }
+  return v;
+}
+
+void write_code(uint8_t* p, int64_t i, int bits, uint32_t code) {
+  for (int b = 0; b < bits; ++b) {
+    const int64_t bit = i * bits + b;
+    p[bit / 8] = uint8_t((p[bit / 8] & ~(1u << (bit % 8))) | (((code >> b) & 1u) << (bit % 8)));
+  }
+}
+
+// Min-max asymmetric quantization of `count` values x[i * step] into codes at `out`: the writer of
+// kv_format.h (f16 scale and zero, codes from them).
+void quantize_group(const float* x, int count, int64_t step, int bits, uint8_t* out, uint16_t* scale,
+                    uint16_t* zero) {
+  float lo = x[0], hi = x[0];
+  for (int i = 1; i < count; ++i) lo = std::min(lo, x[i * step]), hi = std::max(hi, x[i * step]);
+  const int levels = (1 << bits) - 1;
+  *zero = f32_to_f16(lo);
+  *scale = f32_to_f16((hi - lo) / float(levels));
+  const double z = f16_to_f32(*zero), s = f16_to_f32(*scale);
+  for (int i = 0; i < count; ++i) {
+    const double c = s > 0 ? std::nearbyint((x[i * step] - z) / s) : 0.0;
+    write_code(out, i, bits, uint32_t(std::clamp(c, 0.0, double(levels))));
+  }
+}
+
+struct Format {
+  KvFormat format;
+  int bits = 0;
+  int group = 0;  // kIntToken: 0 means d
+};
+
+std::string format_name(const Format& f) {
+  static const char* names[] = {"f32", "f16", "bf16", "fp8", "int_token", "int_channel"};
+  std::string s = names[int(f.format)];
+  if (f.bits) s += "_b" + std::to_string(f.bits);
+  if (f.group) s += "_g" + std::to_string(f.group);
+  return s;
+}
+
+// A packed block that owns its bytes; rows are `pad` bytes longer than needed so that the kernels
+// must honour the stride.
+struct Packed {
+  KvBlock block;
+  std::vector<uint8_t> data;
+  std::vector<uint16_t> scale, zero;
+};
+
+Packed pack(const Format& f, const float* x, int n, int d, int pad = 3) {
+  Packed p;
+  KvBlock& b = p.block;
+  b.format = f.format;
+  b.n = n;
+  b.d = d;
+  b.bits = f.bits;
+  b.group = f.format == KvFormat::kIntToken ? (f.group ? f.group : d) : 0;
+  if (f.format == KvFormat::kIntChannel) {
+    b.stride = packed_bytes(n, f.bits) + pad;
+    p.data.assign(size_t(b.stride * d), 0xa5);
+    p.scale.resize(d);
+    p.zero.resize(d);
+    for (int c = 0; c < d; ++c) {
+      quantize_group(x + c, n, d, f.bits, p.data.data() + c * b.stride, &p.scale[c], &p.zero[c]);
+    }
+  } else if (f.format == KvFormat::kIntToken) {
+    const int groups = d / b.group;
+    b.stride = packed_bytes(d, f.bits) + pad;
+    p.data.assign(size_t(b.stride * n), 0xa5);
+    p.scale.resize(size_t(n) * groups);
+    p.zero.resize(size_t(n) * groups);
+    std::vector<uint8_t> tmp(size_t(packed_bytes(b.group, f.bits)) + 1);
+    for (int j = 0; j < n; ++j) {
+      uint8_t* row = p.data.data() + j * b.stride;
+      std::fill(row, row + packed_bytes(d, f.bits), 0);
+      for (int g = 0; g < groups; ++g) {
+        std::fill(tmp.begin(), tmp.end(), 0);
+        quantize_group(x + j * d + g * b.group, b.group, 1, f.bits, tmp.data(), &p.scale[j * groups + g],
+                       &p.zero[j * groups + g]);
+        for (int i = 0; i < b.group; ++i) write_code(row, g * b.group + i, f.bits, read_code(tmp.data(), i, f.bits));
+      }
+    }
+  } else {
+    const int64_t es = element_bytes(f.format);
+    b.stride = es * d + pad;
+    p.data.assign(size_t(b.stride * n), 0xa5);
+    if (f.format == KvFormat::kFp8) p.scale.resize(n);
+    for (int j = 0; j < n; ++j) {
+      uint8_t* row = p.data.data() + j * b.stride;
+      float amax = 0.0f;
+      for (int c = 0; c < d; ++c) amax = std::max(amax, std::fabs(x[j * d + c]));
+      if (f.format == KvFormat::kFp8) p.scale[j] = f32_to_f16(amax / 448.0f);
+      const double s8 = f.format == KvFormat::kFp8 ? f16_to_f32(p.scale[j]) : 1.0;
+      for (int c = 0; c < d; ++c) {
+        const float v = x[j * d + c];
+        if (f.format == KvFormat::kF32) {
+          std::memcpy(row + 4 * c, &v, 4);
+        } else if (f.format == KvFormat::kF16 || f.format == KvFormat::kBF16) {
+          const uint16_t h = f.format == KvFormat::kF16 ? f32_to_f16(v) : f32_to_bf16(v);
+          std::memcpy(row + 2 * c, &h, 2);
+        } else {
+          row[c] = s8 > 0 ? e4m3_from(v / s8) : 0;
+        }
+      }
+    }
+  }
+  b.data = p.data.data();
+  b.scale = p.scale.empty() ? nullptr : p.scale.data();
+  b.zero = p.zero.empty() ? nullptr : p.zero.data();
+  return p;
+}
+
+// Element (j, c) as the spec defines it, split into the two terms the kernels may sum separately
+// (code * scale and zero; dense formats have zero = 0). Exact in double.
+struct Terms {
+  double main, zero;
+};
+Terms element(const KvBlock& b, int j, int c) {
+  switch (b.format) {
+    case KvFormat::kF32: {
+      float v;
+      std::memcpy(&v, b.data + j * b.stride + 4 * c, 4);
+      return {v, 0};
+    }
+    case KvFormat::kF16:
+    case KvFormat::kBF16: {
+      uint16_t h;
+      std::memcpy(&h, b.data + j * b.stride + 2 * c, 2);
+      return {b.format == KvFormat::kF16 ? f16_to_f32(h) : bf16_to_f32(h), 0};
+    }
+    case KvFormat::kFp8:
+      return {e4m3_ref(b.data[j * b.stride + c]) * f16_to_f32(b.scale[j]), 0};
+    case KvFormat::kIntToken: {
+      const int g = j * (b.d / b.group) + c / b.group;
+      return {read_code(b.data + j * b.stride, c, b.bits) * double(f16_to_f32(b.scale[g])),
+              f16_to_f32(b.zero[g])};
+    }
+    case KvFormat::kIntChannel:
+      return {read_code(b.data + c * b.stride, j, b.bits) * double(f16_to_f32(b.scale[c])),
+              f16_to_f32(b.zero[c])};
+  }
+  return {0, 0};
+}
+
+double value(const KvBlock& b, int j, int c) {
+  const Terms t = element(b, j, c);
+  return t.main + t.zero;
+}
+
+// The f32 rounding budget of a fused sum of `len` products of up to three factors, read in any
+// order: each product is rounded at most twice and each addition once, so the error is at most
+// gamma(len + 4) * (sum of |terms|), gamma(k) = k u / (1 - k u) (Higham, Accuracy and Stability of
+// Numerical Algorithms, 2nd ed., section 3.1). The folded kernels sum code * scale and zero
+// separately, so the |terms| count both.
+double f32_budget(int len, double abs_terms) {
+  const double k = len + 4;
+  return k * kU / (1 - k * kU) * abs_terms;
+}
+
+std::vector<Format> all_formats() {
+  std::vector<Format> f = {{KvFormat::kF32}, {KvFormat::kF16}, {KvFormat::kBF16}, {KvFormat::kFp8}};
+  for (int bits : {2, 3, 4, 8}) f.push_back({KvFormat::kIntChannel, bits});
+  for (int bits : {2, 3, 4, 8}) f.push_back({KvFormat::kIntToken, bits, 0});
+  return f;
+}
+
+// Groups dividing d for kIntToken (0 = d), a few per head size.
+std::vector<int> groups_for(int d) {
+  std::vector<int> g = {0};
+  for (int cand : {8, 32}) {
+    if (cand < d && d % cand == 0) g.push_back(cand);
+  }
+  return g;
+}
+
+std::vector<float> random_matrix(Rng& rng, int rows, int cols, float amp = 1.0f) {
+  std::vector<float> m(size_t(rows) * cols);
+  for (float& v : m) v = amp * rng.uniform();
+  return m;
+}
+
+// Keys and values with a per-channel offset and spread, as real K caches have (outlier channels).
+std::vector<float> kv_like(Rng& rng, int n, int d) {
+  std::vector<float> off(d), amp(d);
+  for (int c = 0; c < d; ++c) off[c] = 0.5f * rng.uniform(), amp[c] = 0.2f + std::fabs(rng.uniform());
+  if (d > 3) amp[d / 3] = 4.0f;
+  std::vector<float> x(size_t(n) * d);
+  for (int j = 0; j < n; ++j) {
+    for (int c = 0; c < d; ++c) x[j * d + c] = off[c] + amp[c] * rng.uniform();
+  }
+  return x;
+}
+
+// ---------------------------------------------------------------------------------------------
+// kv_scores / kv_accumulate against the double reader
+
+struct Case {
+  Isa isa;
+  Format format;
+};
+
+std::vector<Case> all_cases() {
+  std::vector<Case> cases;
+  for (Isa isa : supported_isas()) {
+    for (const Format& f : all_formats()) cases.push_back({isa, f});
+  }
+  return cases;
+}
+
+class KvKernelTest : public ::testing::TestWithParam<Case> {};
+
+std::string case_name(const ::testing::TestParamInfo<Case>& info) {
+  return std::string(isa_name(info.param.isa)) + "_" + format_name(info.param.format);
+}
+
+TEST_P(KvKernelTest, ScoresMatchReference) {
+  const Case& cs = GetParam();
+  Rng rng(11);
+  for (int d : {8, 17, 64, 128}) {
+    for (int group : cs.format.format == KvFormat::kIntToken ? groups_for(d) : std::vector<int>{0}) {
+      if (cs.format.format == KvFormat::kIntToken && d == 17 && group == 0) group = 0;
+      Format f = cs.format;
+      f.group = group;
+      for (int n : {1, 17, 97, 128}) {
+        const std::vector<float> x = kv_like(rng, n, d);
+        const Packed p = pack(f, x.data(), n, d);
+        for (int rows : {1, 2, 3, 4, 8}) {
+          const std::vector<float> q = random_matrix(rng, rows, d);
+          std::vector<float> s(size_t(rows) * n, std::numeric_limits<float>::quiet_NaN());
+          kv_scores_isa(cs.isa, p.block, q.data(), rows, s.data());
+          for (int r = 0; r < rows; ++r) {
+            for (int j = 0; j < n; ++j) {
+              double ref = 0, abs_terms = 0;
+              for (int c = 0; c < d; ++c) {
+                const Terms t = element(p.block, j, c);
+                ref += double(q[r * d + c]) * (t.main + t.zero);
+                abs_terms += std::fabs(q[r * d + c]) * (std::fabs(t.main) + std::fabs(t.zero));
+              }
+              const double budget = f32_budget(d, abs_terms);
+              ASSERT_LE(std::fabs(s[r * n + j] - ref), budget)
+                  << format_name(f) << " d=" << d << " n=" << n << " rows=" << rows << " r=" << r << " j=" << j
+                  << " got " << s[r * n + j] << " want " << ref;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_P(KvKernelTest, AccumulateMatchesReference) {
+  const Case& cs = GetParam();
+  Rng rng(12);
+  for (int d : {8, 17, 64, 128}) {
+    for (int group : cs.format.format == KvFormat::kIntToken ? groups_for(d) : std::vector<int>{0}) {
+      Format f = cs.format;
+      f.group = group;
+      for (int n : {1, 17, 97, 128}) {
+        const std::vector<float> x = kv_like(rng, n, d);
+        const Packed p = pack(f, x.data(), n, d);
+        for (int rows : {1, 2, 3, 4, 8}) {
+          std::vector<float> pr(size_t(rows) * n);
+          for (float& v : pr) v = 0.5f + 0.5f * rng.uniform();  // probabilities in [0, 1)
+          std::vector<float> acc = random_matrix(rng, rows, d);
+          const std::vector<float> acc0 = acc;
+          kv_accumulate_isa(cs.isa, p.block, pr.data(), rows, acc.data());
+          for (int r = 0; r < rows; ++r) {
+            for (int c = 0; c < d; ++c) {
+              double ref = acc0[r * d + c], abs_terms = std::fabs(acc0[r * d + c]);
+              for (int j = 0; j < n; ++j) {
+                const Terms t = element(p.block, j, c);
+                ref += double(pr[r * n + j]) * (t.main + t.zero);
+                abs_terms += pr[r * n + j] * (std::fabs(t.main) + std::fabs(t.zero));
+              }
+              const double budget = f32_budget(n + 1, abs_terms);
+              ASSERT_LE(std::fabs(acc[r * d + c] - ref), budget)
+                  << format_name(f) << " d=" << d << " n=" << n << " rows=" << rows << " r=" << r << " c=" << c
+                  << " got " << acc[r * d + c] << " want " << ref;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// Rows computed together equal rows computed one at a time, bit for bit.
+TEST_P(KvKernelTest, BatchInvariant) {
+  const Case& cs = GetParam();
+  Rng rng(13);
+  for (int d : {17, 128}) {
+    Format f = cs.format;
+    if (f.format == KvFormat::kIntToken && d == 128) f.group = 32;
+    for (int n : {17, 128}) {
+      const std::vector<float> x = kv_like(rng, n, d);
+      const Packed p = pack(f, x.data(), n, d);
+      const int rows = 100;
+      const std::vector<float> q = random_matrix(rng, rows, d);
+      std::vector<float> s(size_t(rows) * n);
+      kv_scores_isa(cs.isa, p.block, q.data(), rows, s.data());
+      std::vector<float> pr(size_t(rows) * n);
+      for (float& v : pr) v = 0.5f + 0.5f * rng.uniform();
+      const std::vector<float> acc0 = random_matrix(rng, rows, d);
+      std::vector<float> acc = acc0;
+      kv_accumulate_isa(cs.isa, p.block, pr.data(), rows, acc.data());
+      for (int r = 0; r < rows; ++r) {
+        std::vector<float> s1(n), acc1(acc0.begin() + r * d, acc0.begin() + (r + 1) * d);
+        kv_scores_isa(cs.isa, p.block, q.data() + r * d, 1, s1.data());
+        kv_accumulate_isa(cs.isa, p.block, pr.data() + r * n, 1, acc1.data());
+        ASSERT_EQ(0, std::memcmp(s1.data(), s.data() + r * n, sizeof(float) * n)) << "scores row " << r;
+        ASSERT_EQ(0, std::memcmp(acc1.data(), acc.data() + r * d, sizeof(float) * d)) << "acc row " << r;
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllIsasAndFormats, KvKernelTest, ::testing::ValuesIn(all_cases()), case_name);
+
+// ---------------------------------------------------------------------------------------------
+// Whole contexts: blocks of 128 tokens through scores, online softmax and accumulate.
+
+TEST(KvAttentionContext, MatchesOneShotSoftmax) {
+  const int d = 64, block = 128;
+  for (Isa isa : supported_isas()) {
+    for (const Format& f0 : all_formats()) {
+      Format f = f0;
+      if (f.format == KvFormat::kIntToken) f.group = 32;
+      for (int ctx : {1, 17, 97, 4099}) {
+        for (int rows : {1, 4}) {
+          Rng rng(uint64_t(ctx) * 7 + rows);
+          const std::vector<float> q = random_matrix(rng, rows, d, 0.4f);
+          std::vector<Packed> ks, vs;
+          for (int b0 = 0; b0 < ctx; b0 += block) {
+            const int n = std::min(block, ctx - b0);
+            Format fk = f;
+            const std::vector<float> kx = kv_like(rng, n, d), vx = kv_like(rng, n, d);
+            ks.push_back(pack(fk, kx.data(), n, d));
+            vs.push_back(pack(fk, vx.data(), n, d));
+          }
+          std::vector<float> m(rows, -std::numeric_limits<float>::infinity()), l(rows, 0.0f);
+          std::vector<float> acc(size_t(rows) * d, 0.0f), s;
+          for (size_t b = 0; b < ks.size(); ++b) {
+            const int n = ks[b].block.n;
+            s.assign(size_t(rows) * n, 0.0f);
+            kv_scores_isa(isa, ks[b].block, q.data(), rows, s.data());
+            online_softmax_block_isa(isa, s.data(), rows, n, nullptr, 0, nullptr, m.data(), l.data(), acc.data(), d);
+            kv_accumulate_isa(isa, vs[b].block, s.data(), rows, acc.data());
+          }
+          for (int r = 0; r < rows; ++r) {
+            // One-shot softmax in double over the same packed data.
+            std::vector<double> sc;
+            double mx = -INFINITY;
+            for (const Packed& k : ks) {
+              for (int j = 0; j < k.block.n; ++j) {
+                double v = 0;
+                for (int c = 0; c < d; ++c) v += double(q[r * d + c]) * value(k.block, j, c);
+                sc.push_back(v);
+                mx = std::max(mx, v);
+              }
+            }
+            double den = 0;
+            for (double& v : sc) den += (v = std::exp(v - mx));
+            for (int c = 0; c < d; ++c) {
+              double num = 0, vmax = 0;
+              size_t t = 0;
+              for (const Packed& v : vs) {
+                for (int j = 0; j < v.block.n; ++j, ++t) {
+                  num += sc[t] * value(v.block, j, c);
+                  vmax = std::max(vmax, std::fabs(value(v.block, j, c)));
+                }
+              }
+              const double want = num / den, got = acc[r * d + c] / l[r];
+              // Budget: relative weight errors E (score rounding, exp, rescales, sums) move the
+              // output by at most 2 E max|v|; E is bounded generously by 1e-5 for these sizes.
+              ASSERT_NEAR(got, want, 2e-5 * vmax) << isa_name(isa) << " " << format_name(f) << " ctx=" << ctx
+                                                   << " r=" << r << " c=" << c;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace kvlab

@@ -50,8 +50,8 @@ void expect_error(const std::string& spec, const std::string& needle, int n_laye
 
 TEST(PolicySpecTest, ErrorsListWhatIsValid) {
   expect_error("nosuch", "unknown policy 'nosuch' (valid: " + registered_policy_names() + ")");
-  expect_error("full:dtype=f8", "valid: dtype=f32|f16|bf16");
-  expect_error("full:dtyp=f16", "unknown key 'dtyp' for policy 'full' (valid: dtype=f32|f16|bf16)");
+  expect_error("full:dtype=f8", "valid: dtype=f32|f16|bf16|fp8");
+  expect_error("full:dtyp=f16", "unknown key 'dtyp' for policy 'full' (valid: dtype=f32|f16|bf16|fp8)");
   expect_error("full:dtype", "expected key=value");
   expect_error("full:dtype=f16,dtype=f32", "given twice");
   expect_error("", "empty policy spec");
@@ -61,6 +61,10 @@ TEST(PolicySpecTest, ErrorsListWhatIsValid) {
   expect_error("L0-x=full", "bad layer range");
   expect_error("L0-3", "expected L<first>-<last>=<policy>");
   expect_error("L0-3=bogus", "unknown policy 'bogus'");
+  expect_error("kivi:bits=5", "bad value '5' for kivi:bits");
+  expect_error("kivi:group=4", "out of range");
+  expect_error("streaming:window=0", "out of range");
+  expect_error("quant:kbits=4,vbits=16", "bad value '16' for quant:vbits");
 }
 
 }  // namespace

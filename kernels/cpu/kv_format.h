@@ -7,7 +7,9 @@
 //   kFp8                token-major e4m3 bytes (1 sign, 4 exponent bits with bias 7, 3 mantissa
 //                       bits; no infinities, 0x7f / 0xff are NaN, largest finite 448), one f16
 //                       scale per token: value(j, c) = e4m3(data[j * stride + c]) * f16(scale[j]).
-//                       The quantizer picks scale = max|x| / 448 (round to nearest even).
+//                       The quantizer picks scale = f16(max|x| / 448) (round to nearest even;
+//                       for tiny tokens stepped up so that no code saturates by more than an
+//                       e4m3 step, and never 0 for a nonzero token: kv_quantize.cc).
 //   kIntToken           asymmetric uniform integers, groups of `group` consecutive channels of one
 //                       token (per-token quantization; KIVI's values). Token j's codes are the
 //                       bit stream at data + j * stride; scale and zero of group g of token j are
@@ -21,8 +23,10 @@
 //
 // Bit streams: code i occupies bits [i * bits, (i + 1) * bits) of the little-endian byte string,
 // lowest bits first (for 4 bits: low nibble = even code). bits is 2, 3, 4 or 8. Zero is the
-// group minimum, scale = (max - min) / (2^bits - 1), both rounded to f16 before the codes are
-// chosen, so code * scale + zero is what the reader computes (KIVI's fp16 scale and zero-point).
+// group minimum rounded down to f16, scale the smallest f16 with zero + (2^bits - 1) * scale >=
+// max (KIVI's fp16 scale and zero-point, rounded outward so every value lies inside the grid);
+// codes are chosen against these stored values, so code * scale + zero is what the reader
+// computes and the error is at most half a step.
 #pragma once
 
 #include <cstddef>

@@ -1,0 +1,181 @@
+#include "kvcache/block_store.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "base/check.h"
+#include "kernels/cpu/kv_quantize.h"
+
+namespace kvlab {
+
+BlockStore::BlockStore(MemoryLedger* ledger, int n_kv_heads, int head_dim, int block_tokens, IntFormat k,
+                       IntFormat v)
+    : n_kv_heads_(n_kv_heads),
+      head_dim_(head_dim),
+      block_tokens_(block_tokens),
+      kf_(k),
+      vf_(v),
+      codes_(ledger, MemoryKind::kPayload, size_t(n_kv_heads) * (code_bytes(k) + code_bytes(v))),
+      meta_(ledger, MemoryKind::kMeta, size_t(n_kv_heads) * 2 * 2 * (meta_entries(k) + meta_entries(v))),
+      counts_(TrackedAllocator<int32_t>(ledger, MemoryKind::kIndex)),
+      firsts_(TrackedAllocator<int32_t>(ledger, MemoryKind::kIndex)) {
+  for (const IntFormat& f : {k, v}) {
+    KVLAB_CHECK(f.format == KvFormat::kIntToken || f.format == KvFormat::kIntChannel);
+    KVLAB_CHECK(f.format == KvFormat::kIntChannel || head_dim % f.group == 0);
+  }
+}
+
+int64_t BlockStore::code_bytes(const IntFormat& f) const {
+  return f.format == KvFormat::kIntChannel ? int64_t(head_dim_) * packed_bytes(block_tokens_, f.bits)
+                                           : int64_t(block_tokens_) * packed_bytes(head_dim_, f.bits);
+}
+
+int64_t BlockStore::meta_entries(const IntFormat& f) const {
+  return f.format == KvFormat::kIntChannel ? head_dim_ : int64_t(block_tokens_) * (head_dim_ / f.group);
+}
+
+bool BlockStore::token_granular() const {
+  return kf_.format == KvFormat::kIntToken && vf_.format == KvFormat::kIntToken;
+}
+
+// Layout inside a block's pages: K codes of every head, then V codes of every head; meta: K
+// scales (every head), K zeros, V scales, V zeros.
+KvBlock BlockStore::view(const IntFormat& f, const uint8_t* codes, const uint16_t* meta, int n, int h) const {
+  KvBlock b;
+  b.format = f.format;
+  b.n = n;
+  b.d = head_dim_;
+  b.bits = f.bits;
+  b.group = f.group;
+  b.data = codes + int64_t(h) * code_bytes(f);
+  b.stride = f.format == KvFormat::kIntChannel ? packed_bytes(block_tokens_, f.bits) : packed_bytes(head_dim_, f.bits);
+  const int64_t entries = meta_entries(f);
+  b.scale = meta + int64_t(h) * entries;
+  b.zero = meta + int64_t(n_kv_heads_ + h) * entries;
+  return b;
+}
+
+void BlockStore::block(int b, int kv_head, KvBlock* k, KvBlock* v, int* first_token) const {
+  const uint8_t* codes = codes_.page(size_t(b));
+  const auto* meta = reinterpret_cast<const uint16_t*>(meta_.page(size_t(b)));
+  *k = view(kf_, codes, meta, counts_[b], kv_head);
+  *v = view(vf_, codes + int64_t(n_kv_heads_) * code_bytes(kf_), meta + 2 * int64_t(n_kv_heads_) * meta_entries(kf_),
+            counts_[b], kv_head);
+  *first_token = firsts_[b];
+}
+
+void BlockStore::append(const float* k, const float* v, int n, int64_t ld) {
+  KVLAB_CHECK(token_granular() || n == block_tokens_);
+  int done = 0;
+  while (done < n) {
+    if (counts_.empty() || counts_.back() == block_tokens_ || !token_granular()) {
+      codes_.add_page();
+      meta_.add_page();
+      firsts_.push_back(size_ + done);
+      counts_.push_back(0);
+    }
+    const int b = n_blocks() - 1;
+    uint8_t* codes = codes_.page(size_t(b));
+    auto* meta = reinterpret_cast<uint16_t*>(meta_.page(size_t(b)));
+    const int take = token_granular() ? std::min(n - done, block_tokens_ - counts_[b]) : n;
+    for (int side = 0; side < 2; ++side) {
+      const IntFormat& f = side == 0 ? kf_ : vf_;
+      const float* x = (side == 0 ? k : v) + int64_t(done) * ld;
+      uint8_t* c = codes + (side == 0 ? 0 : int64_t(n_kv_heads_) * code_bytes(kf_));
+      uint16_t* m = meta + (side == 0 ? 0 : 2 * int64_t(n_kv_heads_) * meta_entries(kf_));
+      const int64_t entries = meta_entries(f);
+      for (int h = 0; h < n_kv_heads_; ++h) {
+        uint8_t* hc = c + int64_t(h) * code_bytes(f);
+        uint16_t* hs = m + int64_t(h) * entries;
+        uint16_t* hz = m + int64_t(n_kv_heads_ + h) * entries;
+        if (f.format == KvFormat::kIntChannel) {
+          quantize_channels(f.bits, x + int64_t(h) * head_dim_, take, ld, head_dim_, hc,
+                            packed_bytes(block_tokens_, f.bits), hs, hz);
+          continue;
+        }
+        const int groups = head_dim_ / f.group;
+        for (int t = 0; t < take; ++t) {
+          const int slot = counts_[b] + t;
+          quantize_token(KvFormat::kIntToken, f.bits, f.group, x + int64_t(t) * ld + int64_t(h) * head_dim_, head_dim_,
+                         hc + int64_t(slot) * packed_bytes(head_dim_, f.bits), hs + int64_t(slot) * groups,
+                         hz + int64_t(slot) * groups);
+        }
+      }
+    }
+    counts_[b] += take;
+    done += take;
+  }
+  size_ += n;
+}
+
+void BlockStore::truncate(int n) {
+  KVLAB_CHECK(n >= 0 && n <= size_);
+  size_ = n;
+  size_t keep = 0;
+  while (keep < counts_.size() && firsts_[keep] < n) ++keep;
+  counts_.resize(keep);
+  firsts_.resize(keep);
+  if (keep > 0) counts_.back() = n - firsts_.back();
+  codes_.truncate(keep);
+  meta_.truncate(keep);
+}
+
+void BlockStore::clear() {
+  size_ = 0;
+  counts_.clear();
+  counts_.shrink_to_fit();
+  firsts_.clear();
+  firsts_.shrink_to_fit();
+  codes_.clear();
+  meta_.clear();
+}
+
+void BlockStore::read(int i, float* k, float* v) const {
+  const int b = int(std::upper_bound(firsts_.begin(), firsts_.end(), i) - firsts_.begin()) - 1;
+  const int j = i - firsts_[b];
+  std::vector<float> tmp(size_t(block_tokens_) * head_dim_);
+  for (int h = 0; h < n_kv_heads_; ++h) {
+    KvBlock kb, vb;
+    int first = 0;
+    block(b, h, &kb, &vb, &first);
+    dequantize_block(kb, tmp.data());
+    std::copy_n(&tmp[size_t(j) * head_dim_], head_dim_, k + int64_t(h) * head_dim_);
+    dequantize_block(vb, tmp.data());
+    std::copy_n(&tmp[size_t(j) * head_dim_], head_dim_, v + int64_t(h) * head_dim_);
+  }
+}
+
+void BlockStore::save(BinaryWriter& out) const {
+  out.put<int32_t>(size_);
+  out.put<int32_t>(n_blocks());
+  for (int b = 0; b < n_blocks(); ++b) {
+    out.put<int32_t>(counts_[b]);
+    out.put_bytes(codes_.page(size_t(b)), codes_.page_bytes());
+    out.put_bytes(meta_.page(size_t(b)), meta_.page_bytes());
+  }
+}
+
+Status BlockStore::load(BinaryReader& in) {
+  clear();
+  int32_t n = 0, blocks = 0;
+  KVLAB_RETURN_IF_ERROR(in.get(&n));
+  KVLAB_RETURN_IF_ERROR(in.get(&blocks));
+  if (n < 0 || blocks < 0 || int64_t(blocks) * block_tokens_ < n || blocks > n) {
+    return data_loss(in.what() + ": block store of " + std::to_string(n) + " tokens in " + std::to_string(blocks) +
+                     " blocks");
+  }
+  for (int b = 0; b < blocks; ++b) {
+    int32_t count = 0;
+    KVLAB_RETURN_IF_ERROR(in.get(&count));
+    if (count < 1 || count > block_tokens_) return data_loss(in.what() + ": block of " + std::to_string(count) + " tokens");
+    KVLAB_RETURN_IF_ERROR(in.get_bytes(codes_.add_page(), codes_.page_bytes()));
+    KVLAB_RETURN_IF_ERROR(in.get_bytes(meta_.add_page(), meta_.page_bytes()));
+    firsts_.push_back(size_);
+    counts_.push_back(count);
+    size_ += count;
+  }
+  if (size_ != n) return data_loss(in.what() + ": block counts do not add up");
+  return Status::Ok();
+}
+
+}  // namespace kvlab

@@ -1,0 +1,70 @@
+// Quantized tokens of one (layer, sequence) in blocks of up to `block_tokens` tokens, keys and
+// values each in an integer format of kernels/cpu/kv_format.h:
+//   kIntChannel  per-channel over the block's tokens (KIVI keys): a block is written whole
+//   kIntToken    per-token, groups of `group` channels (KIVI values, the `quant` policy)
+// Block page (payload), per kv head h:
+//   K codes: kIntChannel [head_dim][packed_bytes(block_tokens, bits)] | kIntToken [block_tokens][packed_bytes(head_dim, bits)]
+//   V codes: the same for the value format
+// Meta page: f16 scale then zero of K for all heads, then of V ([head_dim] per head for
+// kIntChannel, [block_tokens][head_dim / group] for kIntToken).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "base/serialize.h"
+#include "base/status.h"
+#include "kernels/cpu/kv_format.h"
+#include "kvcache/memory.h"
+#include "kvcache/page_table.h"
+
+namespace kvlab {
+
+struct IntFormat {
+  KvFormat format = KvFormat::kIntToken;  // kIntToken or kIntChannel
+  int bits = 4;                           // 2, 3, 4, 8
+  int group = 32;                         // kIntToken: channels per group (divides head_dim)
+};
+
+class BlockStore {
+ public:
+  BlockStore(MemoryLedger* ledger, int n_kv_heads, int head_dim, int block_tokens, IntFormat k, IntFormat v);
+  BlockStore(BlockStore&&) noexcept = default;
+
+  int size() const { return size_; }
+  int block_tokens() const { return block_tokens_; }
+  // Whether tokens can be appended one at a time (no per-channel format).
+  bool token_granular() const;
+  // Appends n tokens. k, v: [n, n_kv_heads * head_dim] f32, rows `ld` floats apart.
+  // Token-granular stores fill the last block first; otherwise n == block_tokens and the tokens
+  // make a new block (after a truncate the previous block may stay partly used).
+  void append(const float* k, const float* v, int n, int64_t ld);
+  // Keeps the first n tokens (a block may end up partly used; its codes stay valid).
+  void truncate(int n);
+  void clear();
+
+  int n_blocks() const { return int(counts_.size()); }
+  // Block b of kv head h; *first_token receives the index of its first token.
+  void block(int b, int kv_head, KvBlock* k, KvBlock* v, int* first_token) const;
+  // Token i dequantized. k, v: [n_kv_heads * head_dim].
+  void read(int i, float* k, float* v) const;
+
+  void save(BinaryWriter& out) const;
+  Status load(BinaryReader& in);
+
+ private:
+  // Byte sizes per head of one block: codes and f16 scale-or-zero entries.
+  int64_t code_bytes(const IntFormat& f) const;
+  int64_t meta_entries(const IntFormat& f) const;
+  KvBlock view(const IntFormat& f, const uint8_t* codes, const uint16_t* meta, int n, int h) const;
+
+  int n_kv_heads_, head_dim_, block_tokens_;
+  IntFormat kf_, vf_;
+  PageTable codes_;     // one page per block
+  PageTable meta_;      // one page per block
+  TrackedVector<int32_t> counts_;  // [n_blocks] tokens in each block
+  TrackedVector<int32_t> firsts_;  // [n_blocks] index of each block's first token
+  int size_ = 0;
+};
+
+}  // namespace kvlab

@@ -1,0 +1,221 @@
+#include "kvcache/policies/tiered_policy.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "attention/attend.h"
+#include "base/check.h"
+#include "kvcache/token_ring.h"
+
+namespace kvlab {
+namespace {
+
+constexpr uint32_t kStateVersion = 1;
+
+class TieredPolicy final : public Policy {
+ public:
+  TieredPolicy(const PolicyContext& ctx, const TieredConfig& config) : Policy(ctx), cfg_(config) {
+    const KvGeometry& g = ctx.geometry;
+    if (cfg_.overflow != TieredConfig::Overflow::kCompress) {
+      // No blocks are ever written; give the (empty) block store a format valid for any head.
+      cfg_.k_format = cfg_.v_format = IntFormat{KvFormat::kIntToken, 8, g.head_dim};
+    }
+    const TieredConfig& cfg = cfg_;
+    int recent_capacity = g.max_seq_len;
+    if (cfg.overflow == TieredConfig::Overflow::kCompress) recent_capacity = std::min(g.max_seq_len, cfg.recent + cfg.chunk);
+    if (cfg.overflow == TieredConfig::Overflow::kDrop) recent_capacity = std::min(g.max_seq_len, cfg.recent);
+    const int n_slots = (ctx.last_layer - ctx.first_layer + 1) * ctx.max_seqs;
+    slots_.reserve(size_t(n_slots));
+    for (int i = 0; i < n_slots; ++i) {
+      slots_.push_back(Slot{
+          TokenRing(ctx.ledger, cfg.exact_kind, cfg.exact_format, g.n_kv_heads, g.head_dim, std::max(1, cfg.sink)),
+          BlockStore(ctx.ledger, g.n_kv_heads, g.head_dim, cfg.block_tokens, cfg.k_format, cfg.v_format),
+          TokenRing(ctx.ledger, cfg.exact_kind, cfg.exact_format, g.n_kv_heads, g.head_dim, std::max(1, recent_capacity)),
+          0});
+    }
+  }
+
+  void attend(int layer, const ForwardBatch& batch, const float* q, const float* k, const float* v,
+              float* out) override {
+    const KvGeometry& geo = ctx_.geometry;
+    const int kv_dim = geo.kv_dim();
+    // Keys are stored post-RoPE: rotated once here, read many times.
+    std::vector<float> k_rot(k, k + size_t(batch.n_rows()) * kv_dim);
+    ctx_.rope->rotate(k_rot.data(), batch.n_rows(), geo.n_kv_heads, batch.positions.data());
+
+    std::vector<History> histories;
+    histories.reserve(batch.seqs.size());
+    std::vector<SeqAttention> work;
+    for (const SeqSpan& sp : batch.seqs) {
+      const Slot& sl = slot(layer, sp.seq);
+      KVLAB_CHECK(sl.next == sp.start_pos);
+      histories.emplace_back(this, &sl);
+      SeqAttention sa;
+      sa.seq = sp.seq;
+      sa.n_new = sp.n_new;
+      sa.positions = batch.positions.data() + sp.row;
+      sa.q = q + size_t(sp.row) * geo.q_dim();
+      sa.k_new = k_rot.data() + size_t(sp.row) * kv_dim;
+      sa.v_new = v + size_t(sp.row) * kv_dim;
+      sa.out = out + size_t(sp.row) * geo.q_dim();
+      sa.history = histories.back().n_blocks() > 0 ? &histories.back() : nullptr;
+      work.push_back(sa);
+    }
+    AttentionShape shape{geo.n_heads, geo.n_kv_heads, geo.head_dim, 1.0f / std::sqrt(float(geo.head_dim))};
+    ::kvlab::attend(shape, work, layer, ctx_.observer ? *ctx_.observer : nullptr);
+    for (const SeqSpan& sp : batch.seqs) {
+      Slot& sl = slot(layer, sp.seq);
+      for (int t = 0; t < sp.n_new; ++t) {
+        write(sl, k_rot.data() + size_t(sp.row + t) * kv_dim, v + size_t(sp.row + t) * kv_dim);
+      }
+    }
+  }
+
+  int stored_tokens(int layer, int seq) const override {
+    const Slot& sl = slot(layer, seq);
+    return sl.sink.size() + sl.blocks.size() + sl.recent.size();
+  }
+
+  Status crop(int seq, int n) override {
+    for (int l = ctx_.first_layer; l <= ctx_.last_layer; ++l) {
+      Slot& sl = slot(l, seq);
+      sl.sink.truncate(std::min(sl.sink.size(), n));
+      sl.blocks.truncate(std::clamp(n - cfg_.sink, 0, sl.blocks.size()));
+      const int recent_first = sl.next - sl.recent.size();
+      sl.recent.truncate(std::clamp(n - recent_first, 0, sl.recent.size()));
+      sl.next = std::min(sl.next, n);
+    }
+    return Status::Ok();
+  }
+
+  void reset(int seq) override {
+    for (int l = ctx_.first_layer; l <= ctx_.last_layer; ++l) {
+      Slot& sl = slot(l, seq);
+      sl.sink.clear();
+      sl.blocks.clear();
+      sl.recent.clear();
+      sl.next = 0;
+    }
+  }
+
+  LayerContents read(int layer, int seq) const override {
+    const Slot& sl = slot(layer, seq);
+    const int kv_dim = ctx_.geometry.kv_dim();
+    LayerContents c;
+    auto add = [&](int32_t pos, auto&& fill) {
+      c.positions.push_back(pos);
+      c.k.resize(c.k.size() + size_t(kv_dim));
+      c.v.resize(c.v.size() + size_t(kv_dim));
+      fill(&c.k[c.k.size() - size_t(kv_dim)], &c.v[c.v.size() - size_t(kv_dim)]);
+    };
+    for (int i = 0; i < sl.sink.size(); ++i) add(i, [&](float* k, float* v) { sl.sink.read(i, k, v); });
+    for (int i = 0; i < sl.blocks.size(); ++i) add(cfg_.sink + i, [&](float* k, float* v) { sl.blocks.read(i, k, v); });
+    const int first = sl.next - sl.recent.size();
+    for (int i = 0; i < sl.recent.size(); ++i) add(first + i, [&](float* k, float* v) { sl.recent.read(i, k, v); });
+    return c;
+  }
+
+  void save(BinaryWriter& out) const override {
+    out.put<uint32_t>(kStateVersion);
+    for (const Slot& sl : slots_) {
+      out.put<int32_t>(sl.next);
+      sl.sink.save(out);
+      sl.blocks.save(out);
+      sl.recent.save(out);
+    }
+  }
+
+  Status load(BinaryReader& in) override {
+    uint32_t version = 0;
+    KVLAB_RETURN_IF_ERROR(in.get(&version));
+    if (version != kStateVersion) {
+      return unsupported(in.what() + ": policy state version " + std::to_string(version) + " (this build reads version " +
+                         std::to_string(kStateVersion) + ")");
+    }
+    for (Slot& sl : slots_) {
+      int32_t next = 0;
+      KVLAB_RETURN_IF_ERROR(in.get(&next));
+      KVLAB_RETURN_IF_ERROR(sl.sink.load(in));
+      KVLAB_RETURN_IF_ERROR(sl.blocks.load(in));
+      KVLAB_RETURN_IF_ERROR(sl.recent.load(in));
+      const int stored = sl.sink.size() + sl.blocks.size() + sl.recent.size();
+      if (next < stored || next > ctx_.geometry.max_seq_len) return data_loss(in.what() + ": inconsistent slot lengths");
+      sl.next = next;
+    }
+    return Status::Ok();
+  }
+
+ private:
+  struct Slot {
+    TokenRing sink;
+    BlockStore blocks;
+    TokenRing recent;
+    int next = 0;  // position of the next token = tokens written to this slot
+  };
+
+  // A slot's tiers as attention blocks: sink runs, quantized blocks, recent runs.
+  class History final : public KvHistory {
+   public:
+    History(const TieredPolicy* p, const Slot* s)
+        : p_(p), s_(s), n_sink_(s->sink.n_runs()), n_blocks_(s->blocks.n_blocks()), n_recent_(s->recent.n_runs()) {}
+    int n_blocks() const override { return n_sink_ + n_blocks_ + n_recent_; }
+    HistoryBlock block(int b, int kv_head) const override {
+      HistoryBlock hb;
+      int first = 0;
+      if (b < n_sink_) {
+        s_->sink.run(b, kv_head, &hb.k, &hb.v, &first);
+        hb.first_pos = first;
+      } else if (b < n_sink_ + n_blocks_) {
+        s_->blocks.block(b - n_sink_, kv_head, &hb.k, &hb.v, &first);
+        hb.first_pos = p_->cfg_.sink + first;
+      } else {
+        s_->recent.run(b - n_sink_ - n_blocks_, kv_head, &hb.k, &hb.v, &first);
+        hb.first_pos = s_->next - s_->recent.size() + first;
+      }
+      return hb;
+    }
+
+   private:
+    const TieredPolicy* p_;
+    const Slot* s_;
+    int n_sink_, n_blocks_, n_recent_;
+  };
+
+  Slot& slot(int layer, int seq) { return slots_[size_t(layer - ctx_.first_layer) * ctx_.max_seqs + seq]; }
+  const Slot& slot(int layer, int seq) const {
+    return slots_[size_t(layer - ctx_.first_layer) * ctx_.max_seqs + seq];
+  }
+
+  // Stores one token (k post-RoPE) at position sl.next.
+  void write(Slot& sl, const float* k, const float* v) {
+    ++sl.next;
+    if (sl.sink.size() < cfg_.sink) {
+      sl.sink.push(k, v);
+      return;
+    }
+    if (cfg_.overflow == TieredConfig::Overflow::kDrop && sl.recent.size() == sl.recent.capacity()) {
+      sl.recent.pop_front(1);
+    }
+    sl.recent.push(k, v);
+    if (cfg_.overflow == TieredConfig::Overflow::kCompress && sl.recent.size() >= cfg_.recent + cfg_.chunk) {
+      // The oldest chunk of the recent tier, as stored (the exact format), becomes a block.
+      const int kv_dim = ctx_.geometry.kv_dim();
+      std::vector<float> ck(size_t(cfg_.chunk) * kv_dim), cv(ck.size());
+      for (int i = 0; i < cfg_.chunk; ++i) sl.recent.read(i, &ck[size_t(i) * kv_dim], &cv[size_t(i) * kv_dim]);
+      sl.blocks.append(ck.data(), cv.data(), cfg_.chunk, kv_dim);
+      sl.recent.pop_front(cfg_.chunk);
+    }
+  }
+
+  TieredConfig cfg_;
+  std::vector<Slot> slots_;  // [layers of the range, max_seqs]; fixed at construction
+};
+
+}  // namespace
+
+std::unique_ptr<Policy> make_tiered_policy(const PolicyContext& ctx, const TieredConfig& config) {
+  return std::make_unique<TieredPolicy>(ctx, config);
+}
+
+}  // namespace kvlab

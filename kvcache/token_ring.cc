@@ -1,0 +1,240 @@
+#include "kvcache/token_ring.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "base/check.h"
+#include "kernels/cpu/kv_quantize.h"
+
+namespace kvlab {
+
+TokenRing::TokenRing(MemoryLedger* ledger, MemoryKind kind, KvFormat format, int n_kv_heads, int head_dim,
+                     int capacity)
+    : page_alloc_(ledger, kind),
+      meta_alloc_(ledger, MemoryKind::kMeta),
+      format_(format),
+      n_kv_heads_(n_kv_heads),
+      head_dim_(head_dim),
+      capacity_(capacity),
+      page_bytes_(2 * int64_t(n_kv_heads) * kRingPageTokens * head_dim * element_bytes(format)),
+      meta_bytes_(format == KvFormat::kFp8 ? 2 * int64_t(n_kv_heads) * kRingPageTokens * 2 : 0),
+      pages_(TrackedAllocator<uint8_t*>(ledger, MemoryKind::kIndex)),
+      metas_(TrackedAllocator<uint8_t*>(ledger, MemoryKind::kIndex)) {
+  KVLAB_CHECK(capacity > 0);
+  KVLAB_CHECK(format == KvFormat::kF32 || format == KvFormat::kF16 || format == KvFormat::kBF16 ||
+              format == KvFormat::kFp8);
+}
+
+TokenRing::TokenRing(TokenRing&& o) noexcept
+    : page_alloc_(o.page_alloc_),
+      meta_alloc_(o.meta_alloc_),
+      format_(o.format_),
+      n_kv_heads_(o.n_kv_heads_),
+      head_dim_(o.head_dim_),
+      capacity_(o.capacity_),
+      page_bytes_(o.page_bytes_),
+      meta_bytes_(o.meta_bytes_),
+      pages_(std::move(o.pages_)),
+      metas_(std::move(o.metas_)),
+      start_(o.start_),
+      size_(o.size_),
+      wrapped_(o.wrapped_) {
+  o.pages_.clear();
+  o.metas_.clear();
+  o.size_ = 0;
+}
+
+TokenRing::~TokenRing() { clear(); }
+
+int64_t TokenRing::key_offset(int s, int h) const {
+  return (int64_t(h) * kRingPageTokens + s) * head_dim_ * element_bytes(format_);
+}
+
+uint8_t* TokenRing::ensure_page(int page) {
+  if (int(pages_.size()) <= page) {
+    pages_.resize(size_t(page) + 1, nullptr);
+    metas_.resize(size_t(page) + 1, nullptr);
+  }
+  if (!pages_[page]) {
+    pages_[page] = page_alloc_.allocate(size_t(page_bytes_));
+    std::memset(pages_[page], 0, size_t(page_bytes_));
+    if (meta_bytes_) {
+      metas_[page] = meta_alloc_.allocate(size_t(meta_bytes_));
+      std::memset(metas_[page], 0, size_t(meta_bytes_));
+    }
+  }
+  return pages_[page];
+}
+
+void TokenRing::push(const float* k, const float* v) {
+  KVLAB_CHECK(size_ < capacity_);
+  const int s = slot(size_);
+  if (s < start_) wrapped_ = true;
+  uint8_t* page = ensure_page(s / kRingPageTokens);
+  const int in = s % kRingPageTokens;
+  const int64_t half = page_bytes_ / 2;
+  uint16_t* scales = meta_bytes_ ? reinterpret_cast<uint16_t*>(metas_[s / kRingPageTokens]) : nullptr;
+  for (int h = 0; h < n_kv_heads_; ++h) {
+    const int64_t off = key_offset(in, h);
+    const int64_t m = int64_t(h) * kRingPageTokens + in;  // scale index of K; V after all K
+    quantize_token(format_, 0, 0, k + int64_t(h) * head_dim_, head_dim_, page + off,
+                   scales ? scales + m : nullptr, nullptr);
+    quantize_token(format_, 0, 0, v + int64_t(h) * head_dim_, head_dim_, page + half + off,
+                   scales ? scales + int64_t(n_kv_heads_) * kRingPageTokens + m : nullptr, nullptr);
+  }
+  ++size_;
+}
+
+void TokenRing::pop_front(int n) {
+  KVLAB_CHECK(n >= 0 && n <= size_);
+  start_ = (start_ + n) % capacity_;
+  size_ -= n;
+  // An empty ring holds no memory (a buffer that is emptied after every token, such as an
+  // immediately quantized one, would otherwise keep a page per layer and sequence).
+  if (size_ == 0) clear();
+}
+
+void TokenRing::truncate(int n) {
+  KVLAB_CHECK(n >= 0 && n <= size_);
+  size_ = n;
+  if (wrapped_ || start_ != 0) return;
+  // Unwrapped: slots [0, n) are live, later pages can go.
+  const size_t keep = size_t((n + kRingPageTokens - 1) / kRingPageTokens);
+  for (size_t p = keep; p < pages_.size(); ++p) {
+    if (pages_[p]) page_alloc_.deallocate(pages_[p], size_t(page_bytes_));
+    if (metas_[p]) meta_alloc_.deallocate(metas_[p], size_t(meta_bytes_));
+  }
+  if (pages_.size() > keep) {
+    pages_.resize(keep);
+    metas_.resize(keep);
+  }
+}
+
+void TokenRing::clear() {
+  start_ = 0;
+  size_ = 0;
+  wrapped_ = false;
+  truncate(0);
+  pages_.shrink_to_fit();
+  metas_.shrink_to_fit();
+}
+
+void TokenRing::read(int i, float* k, float* v) const {
+  const int s = slot(i);
+  const uint8_t* page = pages_[s / kRingPageTokens];
+  const uint16_t* scales = meta_bytes_ ? reinterpret_cast<const uint16_t*>(metas_[s / kRingPageTokens]) : nullptr;
+  const int in = s % kRingPageTokens;
+  for (int h = 0; h < n_kv_heads_; ++h) {
+    KvBlock kb, vb;
+    for (KvBlock* b : {&kb, &vb}) {
+      b->format = format_;
+      b->n = 1;
+      b->d = head_dim_;
+      b->stride = int64_t(head_dim_) * element_bytes(format_);
+    }
+    kb.data = page + key_offset(in, h);
+    vb.data = kb.data + page_bytes_ / 2;
+    if (scales) {
+      kb.scale = scales + int64_t(h) * kRingPageTokens + in;
+      vb.scale = kb.scale + int64_t(n_kv_heads_) * kRingPageTokens;
+    }
+    dequantize_block(kb, k + int64_t(h) * head_dim_);
+    dequantize_block(vb, v + int64_t(h) * head_dim_);
+  }
+}
+
+int TokenRing::n_runs() const {
+  int runs = 0;
+  for (int i = 0; i < size_;) {
+    const int s = slot(i);
+    const int len = std::min({size_ - i, kRingPageTokens - s % kRingPageTokens, capacity_ - s});
+    i += len;
+    ++runs;
+  }
+  return runs;
+}
+
+void TokenRing::run(int r, int kv_head, KvBlock* k, KvBlock* v, int* first_token) const {
+  int i = 0, len = 0;
+  for (int runs = 0;; ++runs) {
+    const int s = slot(i);
+    len = std::min({size_ - i, kRingPageTokens - s % kRingPageTokens, capacity_ - s});
+    if (runs == r) break;
+    i += len;
+  }
+  KVLAB_CHECK(i < size_);
+  const int s = slot(i);
+  const uint8_t* page = pages_[s / kRingPageTokens];
+  const int in = s % kRingPageTokens;
+  for (KvBlock* b : {k, v}) {
+    *b = KvBlock();
+    b->format = format_;
+    b->n = len;
+    b->d = head_dim_;
+    b->stride = int64_t(head_dim_) * element_bytes(format_);
+  }
+  k->data = page + key_offset(in, kv_head);
+  v->data = k->data + page_bytes_ / 2;
+  if (meta_bytes_) {
+    const auto* scales = reinterpret_cast<const uint16_t*>(metas_[s / kRingPageTokens]);
+    k->scale = scales + int64_t(kv_head) * kRingPageTokens + in;
+    v->scale = k->scale + int64_t(n_kv_heads_) * kRingPageTokens;
+  }
+  *first_token = i;
+}
+
+// Tokens are saved with the slots they occupy, so a restored ring splits into the same runs and
+// attention over it sums in the same order.
+void TokenRing::save(BinaryWriter& out) const {
+  const int64_t elem = int64_t(head_dim_) * element_bytes(format_);
+  out.put<int32_t>(start_);
+  out.put<int32_t>(size_);
+  out.put<uint8_t>(wrapped_ ? 1 : 0);
+  for (int i = 0; i < size_; ++i) {
+    const int s = slot(i);
+    const uint8_t* page = pages_[s / kRingPageTokens];
+    const auto* scales = meta_bytes_ ? reinterpret_cast<const uint16_t*>(metas_[s / kRingPageTokens]) : nullptr;
+    const int in = s % kRingPageTokens;
+    for (int h = 0; h < n_kv_heads_; ++h) {
+      out.put_bytes(page + key_offset(in, h), size_t(elem));
+      out.put_bytes(page + page_bytes_ / 2 + key_offset(in, h), size_t(elem));
+      if (scales) {
+        out.put<uint16_t>(scales[int64_t(h) * kRingPageTokens + in]);
+        out.put<uint16_t>(scales[int64_t(n_kv_heads_ + h) * kRingPageTokens + in]);
+      }
+    }
+  }
+}
+
+Status TokenRing::load(BinaryReader& in) {
+  clear();
+  int32_t start = 0, n = 0;
+  uint8_t wrapped = 0;
+  KVLAB_RETURN_IF_ERROR(in.get(&start));
+  KVLAB_RETURN_IF_ERROR(in.get(&n));
+  KVLAB_RETURN_IF_ERROR(in.get(&wrapped));
+  if (start < 0 || start >= capacity_ || n < 0 || n > capacity_ || wrapped > 1) {
+    return data_loss(in.what() + ": ring of " + std::to_string(n) + " tokens from slot " + std::to_string(start));
+  }
+  start_ = start;
+  wrapped_ = wrapped == 1;
+  const int64_t elem = int64_t(head_dim_) * element_bytes(format_);
+  for (int i = 0; i < n; ++i) {
+    const int s = slot(i);
+    uint8_t* page = ensure_page(s / kRingPageTokens);
+    auto* scales = meta_bytes_ ? reinterpret_cast<uint16_t*>(metas_[s / kRingPageTokens]) : nullptr;
+    const int p = s % kRingPageTokens;
+    for (int h = 0; h < n_kv_heads_; ++h) {
+      KVLAB_RETURN_IF_ERROR(in.get_bytes(page + key_offset(p, h), size_t(elem)));
+      KVLAB_RETURN_IF_ERROR(in.get_bytes(page + page_bytes_ / 2 + key_offset(p, h), size_t(elem)));
+      if (scales) {
+        KVLAB_RETURN_IF_ERROR(in.get(&scales[int64_t(h) * kRingPageTokens + p]));
+        KVLAB_RETURN_IF_ERROR(in.get(&scales[int64_t(n_kv_heads_ + h) * kRingPageTokens + p]));
+      }
+    }
+    ++size_;
+  }
+  return Status::Ok();
+}
+
+}  // namespace kvlab

@@ -1,0 +1,74 @@
+// Exact tokens of one (layer, sequence) in a dense format (f32, f16, bf16 or fp8), in a ring of
+// `capacity` slots: appended at the back, dropped from the front (sliding windows, buffers whose
+// oldest tokens get compressed). Slots live in pages of kRingPageTokens, each page
+//   K: [n_kv_heads, kRingPageTokens, head_dim] elements     V: the same
+// plus, for fp8, a meta page of f16 scales [2 (K, V), n_kv_heads, kRingPageTokens].
+// A page is allocated when one of its slots is first used and kept until clear(), so a ring that
+// has wrapped holds a constant number of bytes. A ring that has not wrapped frees the pages past
+// its end on truncate().
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "base/serialize.h"
+#include "base/status.h"
+#include "kernels/cpu/kv_format.h"
+#include "kvcache/memory.h"
+
+namespace kvlab {
+
+inline constexpr int kRingPageTokens = 32;
+
+class TokenRing {
+ public:
+  // format: kF32, kF16, kBF16 or kFp8. Pages are booked under `kind` (scales under kMeta).
+  TokenRing(MemoryLedger* ledger, MemoryKind kind, KvFormat format, int n_kv_heads, int head_dim, int capacity);
+  ~TokenRing();
+  TokenRing(TokenRing&& o) noexcept;
+  TokenRing(const TokenRing&) = delete;
+  TokenRing& operator=(const TokenRing&) = delete;
+  TokenRing& operator=(TokenRing&&) = delete;
+
+  int size() const { return size_; }
+  int capacity() const { return capacity_; }
+  // Appends one token. k, v: [n_kv_heads * head_dim] f32 (keys post-RoPE).
+  // REQUIRES: size() < capacity().
+  void push(const float* k, const float* v);
+  // Drops the n oldest tokens.
+  void pop_front(int n);
+  // Keeps the n oldest tokens.
+  void truncate(int n);
+  // Frees every page.
+  void clear();
+
+  // Token i (0 = oldest) as f32. k, v: [n_kv_heads * head_dim].
+  void read(int i, float* k, float* v) const;
+  // The tokens as runs of consecutive slots within one page: run r covers tokens
+  // [first(r), first(r) + length(r)).
+  int n_runs() const;
+  // Run r of kv head h as packed blocks; *first_token receives the index of its first token.
+  void run(int r, int kv_head, KvBlock* k, KvBlock* v, int* first_token) const;
+
+  // Raw token records in order (for save/load).
+  void save(BinaryWriter& out) const;
+  Status load(BinaryReader& in);
+
+ private:
+  int slot(int i) const { return (start_ + i) % capacity_; }
+  uint8_t* ensure_page(int page);
+  // Byte offsets inside a page of token slot s (within page), head h.
+  int64_t key_offset(int s, int h) const;
+
+  TrackedAllocator<uint8_t> page_alloc_, meta_alloc_;
+  KvFormat format_;
+  int n_kv_heads_, head_dim_, capacity_;
+  int64_t page_bytes_, meta_bytes_;
+  TrackedVector<uint8_t*> pages_;  // [ceil(capacity / kRingPageTokens)] grown on demand
+  TrackedVector<uint8_t*> metas_;  // fp8 scale pages, parallel to pages_
+  int start_ = 0;   // slot of the oldest token
+  int size_ = 0;
+  bool wrapped_ = false;  // some token has lived in a slot before start_
+};
+
+}  // namespace kvlab

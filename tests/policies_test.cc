@@ -1,0 +1,126 @@
+// Behaviour of the individual policies beyond the generic conformance suite: KIVI with a residual
+// longer than the context is the f16 cache; the streaming window keeps its bytes constant over a
+// long decode; the quantized tiers hold exactly the bytes their layouts say.
+#include <gtest/gtest.h>
+
+#include <random>
+
+#include "kvcache/kv_cache.h"
+#include "tests/testing/models.h"
+
+namespace kvlab {
+namespace {
+
+// A small geometry with a long context, driven through the cache interface directly.
+struct Synthetic {
+  KvGeometry geo;
+  RopeTable rope;
+  std::mt19937 rng{9};
+  std::normal_distribution<float> nd;
+  Synthetic(int head_dim, int max_seq_len) : geo(), rope(head_dim, 10000.0f, RopeStyle::kInterleaved, max_seq_len) {
+    geo.n_layers = 2;
+    geo.n_heads = 4;
+    geo.n_kv_heads = 2;
+    geo.head_dim = head_dim;
+    geo.max_seq_len = max_seq_len;
+  }
+  // One forward of n tokens into slot 0 with random q, k, v.
+  void step(KvCache& cache, int n) {
+    const std::vector<int> slots = {0}, counts = {n};
+    auto batch = cache.plan(slots, counts);
+    ASSERT_TRUE(batch.ok());
+    std::vector<float> q(size_t(n) * geo.q_dim()), k(size_t(n) * geo.kv_dim()), v(k.size()), out(q.size());
+    for (int l = 0; l < geo.n_layers; ++l) {
+      for (auto* x : {&q, &k, &v}) {
+        for (float& e : *x) e = nd(rng);
+      }
+      cache.attend(l, *batch, q.data(), k.data(), v.data(), out.data());
+    }
+    cache.commit(*batch);
+  }
+};
+
+TEST(KiviTest, ResidualLongerThanTheContextIsTheF16Cache) {
+  const Model& m = testing::stories260k();
+  std::vector<int32_t> ids;
+  for (int i = 0; i < 300; ++i) ids.push_back(int32_t(3 + (i * 131) % 500));
+  std::vector<std::vector<float>> runs;
+  for (const char* spec : {"kivi:bits=2,group=32,residual=1000", "full:dtype=f16"}) {
+    auto cache = m.make_cache(spec, 1);
+    ASSERT_TRUE(cache.ok());
+    std::vector<float> all, logits;
+    SeqInput in{0, std::span<const int32_t>(ids.data(), 200)};
+    ASSERT_TRUE(m.forward(**cache, {&in, 1}, LogitsMode::kLast, &logits).ok());
+    all = logits;
+    for (size_t t = 200; t < ids.size(); ++t) {
+      SeqInput one{0, std::span<const int32_t>(&ids[t], 1)};
+      ASSERT_TRUE(m.forward(**cache, {&one, 1}, LogitsMode::kLast, &logits).ok());
+      all.insert(all.end(), logits.begin(), logits.end());
+    }
+    runs.push_back(all);
+  }
+  EXPECT_EQ(runs[0], runs[1]);
+}
+
+TEST(StreamingTest, BytesStayConstantOnceTheWindowIsFull) {
+  Synthetic s(16, 8192);
+  auto cache = KvCache::create(s.geo, &s.rope, "streaming:sink=4,window=256", 1);
+  ASSERT_TRUE(cache.ok());
+  s.step(**cache, 100);
+  int64_t full_bytes = -1;
+  for (int t = 0; t < 4096 + 200; ++t) {
+    s.step(**cache, 1);
+    const int n = (*cache)->seq_length(0);
+    if (n < 4 + 256) continue;
+    const int64_t bytes = (*cache)->memory().kv_bytes();
+    if (full_bytes < 0) full_bytes = bytes;
+    ASSERT_EQ(bytes, full_bytes) << "after " << n << " tokens";
+    ASSERT_EQ((*cache)->stored_tokens(0, 0), 4 + 256);
+  }
+  EXPECT_EQ((*cache)->seq_length(0), 100 + 4096 + 200);
+  // The kept positions: the sinks and the last 256.
+  const LayerContents c = (*cache)->read(1, 0);
+  ASSERT_EQ(c.positions.size(), 260u);
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(c.positions[i], i);
+  for (int i = 0; i < 256; ++i) EXPECT_EQ(c.positions[4 + i], 100 + 4096 + 200 - 256 + i);
+}
+
+// kivi, 2 bits, group 32, head size 32: a block of 32 tokens of one kv head holds
+//   K codes 32 channels x 8 bytes + V codes 32 tokens x 8 bytes = 512 bytes   (payload)
+//   K scale + zero 2 x 32 f16 + V scale + zero 2 x 32 x 1 f16 = 256 bytes      (meta)
+// and the exact residual lies between 32 and 63 tokens.
+TEST(KiviTest, TiersHoldTheBytesOfTheirLayout) {
+  Synthetic s(32, 4096);
+  auto cache = KvCache::create(s.geo, &s.rope, "kivi:bits=2,group=32,residual=32", 1);
+  ASSERT_TRUE(cache.ok());
+  s.step(**cache, 1000);
+  for (int t = 0; t < 77; ++t) s.step(**cache, 1);
+  const int n = 1077;
+  const int compressed = (n - 32) / 32 * 32;  // whole groups beyond the residual
+  const int64_t blocks = compressed / 32;
+  const MemoryReport m = (*cache)->memory();
+  EXPECT_EQ(m[MemoryKind::kPayload], 2 /*layers*/ * 2 /*heads*/ * blocks * 512);
+  EXPECT_EQ(m[MemoryKind::kMeta], 2 * 2 * blocks * 256);
+  const int exact = n - compressed;
+  EXPECT_GE(exact, 32);
+  EXPECT_LE(exact, 63);
+  EXPECT_EQ((*cache)->stored_tokens(0, 0), n);
+  // The residual ring has 64 slots (two pages of 32), K and V, 2 heads, f16.
+  EXPECT_EQ(m[MemoryKind::kExact], 2 * 2 * 2 * 32 * 2 * 2 * 32);
+}
+
+TEST(PolicyParamsTest, ImpossibleGroupsAreClearErrors) {
+  Synthetic s(64, 1024);
+  auto kivi = KvCache::create(s.geo, &s.rope, "kivi:group=48", 1);
+  ASSERT_FALSE(kivi.ok());
+  EXPECT_NE(kivi.status().message().find("kivi: group 48 does not divide the head size 64"), std::string::npos)
+      << kivi.status().message();
+  auto quant = KvCache::create(s.geo, &s.rope, "quant:group=24", 1);
+  ASSERT_FALSE(quant.ok());
+  EXPECT_NE(quant.status().message().find("quant: group 24 does not divide the head size 64"), std::string::npos);
+  // Groups above the head size are capped at it.
+  EXPECT_TRUE(KvCache::create(s.geo, &s.rope, "kivi:group=128", 1).ok());
+}
+
+}  // namespace
+}  // namespace kvlab
