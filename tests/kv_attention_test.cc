@@ -234,6 +234,63 @@ double f32_budget(int len, double abs_terms) {
   return k * kU / (1 - k * kU) * abs_terms;
 }
 
+// The largest |kv_scores - exact| for row q and token j of block k on `isa`: the f32 budget of the
+// d-term dot product, plus, where the kernel quantizes the scale-folded query to int8
+// (kv_scores_quantize_query), the bound derived in kv_attention.h:
+//   qs = max_c |q[c] * scale[c]| / 127,  |error| <= (qs / 2) * sum_c |code(j, c) - m|,
+//   m = (2^bits - 1) / 2,
+// with the f32 budget widened by the bias-correction sum m * sum_c |q[c] * scale[c]|.
+double score_bound(Isa isa, const KvBlock& k, const float* q, int j) {
+  double terms = 0;
+  for (int c = 0; c < k.d; ++c) {
+    const Terms t = element(k, j, c);
+    terms += std::fabs(q[c]) * (std::fabs(t.main) + std::fabs(t.zero));
+  }
+  double bound = f32_budget(k.d, terms);
+  if (kv_scores_quantize_query(isa, k)) {
+    const double m = ((1 << k.bits) - 1) / 2.0;
+    double qmax = 0, qsum = 0, centred = 0;
+    for (int c = 0; c < k.d; ++c) {
+      const double qp = std::fabs(double(q[c]) * f16_to_f32(k.scale[c]));
+      qmax = std::max(qmax, qp);
+      qsum += qp;
+      centred += std::fabs(double(read_code(k.data + c * k.stride, j, k.bits)) - m);
+    }
+    const double qs = qmax / 127 * (1 + 1e-6);  // the kernel's f32 qs may round up
+    bound += qs / 2 * centred + f32_budget(k.d, m * qsum);
+  }
+  return bound;
+}
+
+// The largest |kv_accumulate - exact| for channel c of one row (probabilities p, prior value
+// acc0): the f32 budget of the n + 1 terms, plus, where the kernel quantizes p * scale to uint8
+// (kv_accumulate_quantize_probs), per chunk of 128 tokens:
+//   ps = max_{j, g} p[j] * scale[j, g] / 255,  |error| <= (ps / 2) * sum_j |code(j, c) - m|.
+double acc_bound(Isa isa, const KvBlock& v, const float* p, double acc0, int c) {
+  double terms = std::fabs(acc0);
+  for (int j = 0; j < v.n; ++j) {
+    const Terms t = element(v, j, c);
+    terms += std::fabs(p[j]) * (std::fabs(t.main) + std::fabs(t.zero));
+  }
+  double bound = f32_budget(v.n + 1, terms);
+  if (kv_accumulate_quantize_probs(isa, v)) {
+    const double m = ((1 << v.bits) - 1) / 2.0;
+    const int groups = v.d / v.group;
+    for (int j0 = 0; j0 < v.n; j0 += 128) {
+      const int j1 = std::min(v.n, j0 + 128);
+      double pmax = 0, psum = 0, centred = 0;
+      for (int j = j0; j < j1; ++j) {
+        for (int g = 0; g < groups; ++g) pmax = std::max(pmax, double(p[j]) * f16_to_f32(v.scale[j * groups + g]));
+        psum += double(p[j]) * f16_to_f32(v.scale[j * groups + c / v.group]);
+        centred += std::fabs(double(read_code(v.data + j * v.stride, c, v.bits)) - m);
+      }
+      const double ps = pmax / 255 * (1 + 1e-6);
+      bound += ps / 2 * centred + f32_budget(j1 - j0, m * psum);
+    }
+  }
+  return bound;
+}
+
 std::vector<Format> all_formats() {
   std::vector<Format> f = {{KvFormat::kF32}, {KvFormat::kF16}, {KvFormat::kBF16}, {KvFormat::kFp8}};
   for (int bits : {2, 3, 4, 8}) f.push_back({KvFormat::kIntChannel, bits});
@@ -307,13 +364,9 @@ TEST_P(KvKernelTest, ScoresMatchReference) {
           kv_scores_isa(cs.isa, p.block, q.data(), rows, s.data());
           for (int r = 0; r < rows; ++r) {
             for (int j = 0; j < n; ++j) {
-              double ref = 0, abs_terms = 0;
-              for (int c = 0; c < d; ++c) {
-                const Terms t = element(p.block, j, c);
-                ref += double(q[r * d + c]) * (t.main + t.zero);
-                abs_terms += std::fabs(q[r * d + c]) * (std::fabs(t.main) + std::fabs(t.zero));
-              }
-              const double budget = f32_budget(d, abs_terms);
+              double ref = 0;
+              for (int c = 0; c < d; ++c) ref += double(q[r * d + c]) * value(p.block, j, c);
+              const double budget = score_bound(cs.isa, p.block, q.data() + r * d, j);
               ASSERT_LE(std::fabs(s[r * n + j] - ref), budget)
                   << format_name(f) << " d=" << d << " n=" << n << " rows=" << rows << " r=" << r << " j=" << j
                   << " got " << s[r * n + j] << " want " << ref;
@@ -343,13 +396,9 @@ TEST_P(KvKernelTest, AccumulateMatchesReference) {
           kv_accumulate_isa(cs.isa, p.block, pr.data(), rows, acc.data());
           for (int r = 0; r < rows; ++r) {
             for (int c = 0; c < d; ++c) {
-              double ref = acc0[r * d + c], abs_terms = std::fabs(acc0[r * d + c]);
-              for (int j = 0; j < n; ++j) {
-                const Terms t = element(p.block, j, c);
-                ref += double(pr[r * n + j]) * (t.main + t.zero);
-                abs_terms += pr[r * n + j] * (std::fabs(t.main) + std::fabs(t.zero));
-              }
-              const double budget = f32_budget(n + 1, abs_terms);
+              double ref = acc0[r * d + c];
+              for (int j = 0; j < n; ++j) ref += double(pr[r * n + j]) * value(p.block, j, c);
+              const double budget = acc_bound(cs.isa, p.block, pr.data() + r * n, acc0[r * d + c], c);
               ASSERT_LE(std::fabs(acc[r * d + c] - ref), budget)
                   << format_name(f) << " d=" << d << " n=" << n << " rows=" << rows << " r=" << r << " c=" << c
                   << " got " << acc[r * d + c] << " want " << ref;
@@ -394,7 +443,16 @@ TEST_P(KvKernelTest, BatchInvariant) {
 INSTANTIATE_TEST_SUITE_P(AllIsasAndFormats, KvKernelTest, ::testing::ValuesIn(all_cases()), case_name);
 
 // ---------------------------------------------------------------------------------------------
-// Whole contexts: blocks of 128 tokens through scores, online softmax and accumulate.
+// Whole contexts: blocks of 128 tokens through scores, online softmax and accumulate, against a
+// one-shot softmax in double over the same packed data.
+//
+// Budget, per row and channel c, from the per-block bounds above. The kernel's final weights are
+// p'[j] = w[j] (1 + eta[j]) up to a factor common to all j (which cancels), w[j] = exp(s[j] - max):
+// |eta| <= eta_max = exp(E) (1 + (blocks + 3) 2^-21) - 1, with E the largest score bound plus the
+// rounding of s - m (2u max|s|), 2^-21 covering the exp error (< 2 ulp) and each rescale. Then
+//   |o - o_exact| <= eta_max / (1 - eta_max) * max_j |v[j, c] - o_exact[c]|
+//                  + (sum over blocks of the accumulate bounds + blocks * u * max|v| * l) / l
+//                  + (n + blocks + 4) u |o_exact[c]|   (the sums in l and the final division).
 
 TEST(KvAttentionContext, MatchesOneShotSoftmax) {
   const int d = 64, block = 128;
@@ -409,48 +467,60 @@ TEST(KvAttentionContext, MatchesOneShotSoftmax) {
           std::vector<Packed> ks, vs;
           for (int b0 = 0; b0 < ctx; b0 += block) {
             const int n = std::min(block, ctx - b0);
-            Format fk = f;
             const std::vector<float> kx = kv_like(rng, n, d), vx = kv_like(rng, n, d);
-            ks.push_back(pack(fk, kx.data(), n, d));
-            vs.push_back(pack(fk, vx.data(), n, d));
+            ks.push_back(pack(f, kx.data(), n, d));
+            vs.push_back(pack(f, vx.data(), n, d));
           }
+          const int blocks = int(ks.size());
           std::vector<float> m(rows, -std::numeric_limits<float>::infinity()), l(rows, 0.0f);
           std::vector<float> acc(size_t(rows) * d, 0.0f), s;
-          for (size_t b = 0; b < ks.size(); ++b) {
+          std::vector<double> score_err(rows, 0.0), acc_err(size_t(rows) * d, 0.0);
+          for (int b = 0; b < blocks; ++b) {
             const int n = ks[b].block.n;
             s.assign(size_t(rows) * n, 0.0f);
             kv_scores_isa(isa, ks[b].block, q.data(), rows, s.data());
+            for (int r = 0; r < rows; ++r) {
+              for (int j = 0; j < n; ++j) {
+                score_err[r] = std::max(score_err[r], score_bound(isa, ks[b].block, q.data() + r * d, j) +
+                                                          2 * kU * std::fabs(s[r * n + j]));
+              }
+            }
             online_softmax_block_isa(isa, s.data(), rows, n, nullptr, 0, nullptr, m.data(), l.data(), acc.data(), d);
+            for (int r = 0; r < rows; ++r) {
+              for (int c = 0; c < d; ++c) acc_err[r * d + c] += acc_bound(isa, vs[b].block, s.data() + r * n, acc[r * d + c], c);
+            }
             kv_accumulate_isa(isa, vs[b].block, s.data(), rows, acc.data());
           }
           for (int r = 0; r < rows; ++r) {
-            // One-shot softmax in double over the same packed data.
-            std::vector<double> sc;
+            std::vector<double> w;
             double mx = -INFINITY;
             for (const Packed& k : ks) {
               for (int j = 0; j < k.block.n; ++j) {
                 double v = 0;
                 for (int c = 0; c < d; ++c) v += double(q[r * d + c]) * value(k.block, j, c);
-                sc.push_back(v);
+                w.push_back(v);
                 mx = std::max(mx, v);
               }
             }
             double den = 0;
-            for (double& v : sc) den += (v = std::exp(v - mx));
+            for (double& v : w) den += (v = std::exp(v - mx));
+            const double eta = std::exp(score_err[r]) * (1 + (blocks + 3) * std::ldexp(1.0, -21)) - 1;
             for (int c = 0; c < d; ++c) {
               double num = 0, vmax = 0;
               size_t t = 0;
               for (const Packed& v : vs) {
-                for (int j = 0; j < v.block.n; ++j, ++t) {
-                  num += sc[t] * value(v.block, j, c);
-                  vmax = std::max(vmax, std::fabs(value(v.block, j, c)));
-                }
+                for (int j = 0; j < v.block.n; ++j, ++t) num += w[t] * value(v.block, j, c);
               }
-              const double want = num / den, got = acc[r * d + c] / l[r];
-              // Budget: relative weight errors E (score rounding, exp, rescales, sums) move the
-              // output by at most 2 E max|v|; E is bounded generously by 1e-5 for these sizes.
-              ASSERT_NEAR(got, want, 2e-5 * vmax) << isa_name(isa) << " " << format_name(f) << " ctx=" << ctx
-                                                   << " r=" << r << " c=" << c;
+              const double want = num / den;
+              for (const Packed& v : vs) {
+                for (int j = 0; j < v.block.n; ++j) vmax = std::max(vmax, std::fabs(value(v.block, j, c) - want));
+              }
+              const double got = acc[r * d + c] / l[r];
+              const double budget = eta / (1 - eta) * vmax +
+                                    (acc_err[r * d + c] + blocks * kU * (vmax + std::fabs(want)) * l[r]) / l[r] +
+                                    (ctx + blocks + 4) * kU * std::fabs(want);
+              ASSERT_LE(std::fabs(got - want), budget) << isa_name(isa) << " " << format_name(f) << " ctx=" << ctx
+                                                       << " rows=" << rows << " r=" << r << " c=" << c;
             }
           }
         }

@@ -24,4 +24,9 @@ void kv_accumulate(const KvBlock& v, const float* p, int rows, float* acc);
 void kv_scores_isa(Isa isa, const KvBlock& k, const float* q, int rows, float* s);
 void kv_accumulate_isa(Isa isa, const KvBlock& v, const float* p, int rows, float* acc);
 
+// Whether kv_scores_isa / kv_accumulate_isa on `isa` take an integer path for this block, which
+// quantizes the scale-folded query (keys) or probabilities (values) to 8 bits (error bounds above).
+bool kv_scores_quantize_query(Isa isa, const KvBlock& k);
+bool kv_accumulate_quantize_probs(Isa isa, const KvBlock& v);
+
 }  // namespace kvlab
