@@ -15,7 +15,7 @@ TokenRing::TokenRing(MemoryLedger* ledger, MemoryKind kind, KvFormat format, int
       format_(format),
       n_kv_heads_(n_kv_heads),
       head_dim_(head_dim),
-      capacity_(capacity),
+      capacity_((capacity + kRingPageTokens - 1) / kRingPageTokens * kRingPageTokens),
       page_bytes_(2 * int64_t(n_kv_heads) * kRingPageTokens * head_dim * element_bytes(format)),
       meta_bytes_(format == KvFormat::kFp8 ? 2 * int64_t(n_kv_heads) * kRingPageTokens * 2 : 0),
       pages_(TrackedAllocator<uint8_t*>(ledger, MemoryKind::kIndex)),
@@ -143,26 +143,20 @@ void TokenRing::read(int i, float* k, float* v) const {
   }
 }
 
+// The capacity is a whole number of pages, so a run ends only at a page end (the wrap is one):
+// the first run goes from the oldest slot to its page end, every later run is a page (the last
+// one partial).
 int TokenRing::n_runs() const {
-  int runs = 0;
-  for (int i = 0; i < size_;) {
-    const int s = slot(i);
-    const int len = std::min({size_ - i, kRingPageTokens - s % kRingPageTokens, capacity_ - s});
-    i += len;
-    ++runs;
-  }
-  return runs;
+  if (size_ == 0) return 0;
+  const int first = std::min(size_, kRingPageTokens - start_ % kRingPageTokens);
+  return 1 + (size_ - first + kRingPageTokens - 1) / kRingPageTokens;
 }
 
 void TokenRing::run(int r, int kv_head, KvBlock* k, KvBlock* v, int* first_token) const {
-  int i = 0, len = 0;
-  for (int runs = 0;; ++runs) {
-    const int s = slot(i);
-    len = std::min({size_ - i, kRingPageTokens - s % kRingPageTokens, capacity_ - s});
-    if (runs == r) break;
-    i += len;
-  }
-  KVLAB_CHECK(i < size_);
+  const int first = std::min(size_, kRingPageTokens - start_ % kRingPageTokens);
+  const int i = r == 0 ? 0 : first + (r - 1) * kRingPageTokens;
+  const int len = r == 0 ? first : std::min(kRingPageTokens, size_ - i);
+  KVLAB_CHECK(r >= 0 && i < size_);
   const int s = slot(i);
   const uint8_t* page = pages_[s / kRingPageTokens];
   const int in = s % kRingPageTokens;
@@ -183,8 +177,6 @@ void TokenRing::run(int r, int kv_head, KvBlock* k, KvBlock* v, int* first_token
   *first_token = i;
 }
 
-// Tokens are saved with the slots they occupy, so a restored ring splits into the same runs and
-// attention over it sums in the same order.
 void TokenRing::save(BinaryWriter& out) const {
   const int64_t elem = int64_t(head_dim_) * element_bytes(format_);
   out.put<int32_t>(start_);

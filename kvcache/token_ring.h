@@ -22,7 +22,8 @@ inline constexpr int kRingPageTokens = 32;
 
 class TokenRing {
  public:
-  // format: kF32, kF16, kBF16 or kFp8. Pages are booked under `kind` (scales under kMeta).
+  // format: kF32, kF16, kBF16 or kFp8. Pages are booked under `kind` (scales under kMeta). The
+  // capacity is rounded up to whole pages (pages are allocated whole anyway).
   TokenRing(MemoryLedger* ledger, MemoryKind kind, KvFormat format, int n_kv_heads, int head_dim, int capacity);
   ~TokenRing();
   TokenRing(TokenRing&& o) noexcept;
@@ -44,7 +45,7 @@ class TokenRing {
 
   // Token i (0 = oldest) as f32. k, v: [n_kv_heads * head_dim].
   void read(int i, float* k, float* v) const;
-  // The tokens as runs of consecutive slots within one page: run r covers tokens
+  // The tokens as runs of consecutive slots within one page (O(1) each): run r covers tokens
   // [first(r), first(r) + length(r)).
   int n_runs() const;
   // Run r of kv head h as packed blocks; *first_token receives the index of its first token.

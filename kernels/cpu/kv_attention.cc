@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <cstdlib>
 
 #include "base/check.h"
 #include "base/half.h"
@@ -14,6 +15,10 @@
 
 namespace kvlab {
 namespace {
+
+// Full unrolling of the short fixed loops over register tiles: partly unrolled loops index the
+// tile arrays at run time and GCC then keeps them in memory.
+#define KVLAB_UNROLL _Pragma("GCC unroll 16")
 
 // Head sizes above this take the scalar path (the SIMD paths keep per-token f32 tiles of d
 // channels on the stack).
@@ -184,6 +189,7 @@ struct ExtractTables {
 };
 constexpr ExtractTables make_extract_tables(int bits) {
   ExtractTables t{};
+  KVLAB_UNROLL
   for (int i = 0; i < 16; ++i) {
     const int byte = (i * bits) / 8;
     t.shuffle[4 * i + 0] = uint8_t(byte);
@@ -213,6 +219,7 @@ struct VnniTables {
 };
 constexpr VnniTables make_vnni_tables(int bits) {
   VnniTables t{};
+  KVLAB_UNROLL
   for (int q = 0; q < 8; ++q) {
     const int t0 = 32 * (q % 2) + 4 * (q / 2);
     const int src_a = t0 * bits / 8, off_a = t0 * bits % 8;
@@ -290,16 +297,19 @@ KVLAB_TARGET_AVX512 inline __m512 codes16(const uint8_t* stream, int first, int 
 // halve the vector count; unused inputs may be zeros).
 KVLAB_TARGET_AVX512 inline __m512 reduce16(const __m512 (&v)[16]) {
   __m512 c[8];
+  KVLAB_UNROLL
   for (int p = 0; p < 8; ++p) {
     c[p] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * p], v[2 * p + 1], 0x44),
                          _mm512_shuffle_f32x4(v[2 * p], v[2 * p + 1], 0xee));
   }
   __m512 e[4];
+  KVLAB_UNROLL
   for (int q = 0; q < 4; ++q) {
     e[q] = _mm512_add_ps(_mm512_shuffle_f32x4(c[2 * q], c[2 * q + 1], 0x88),
                          _mm512_shuffle_f32x4(c[2 * q], c[2 * q + 1], 0xdd));
   }
   __m512 g[2];
+  KVLAB_UNROLL
   for (int s = 0; s < 2; ++s) {
     g[s] = _mm512_add_ps(_mm512_shuffle_ps(e[2 * s], e[2 * s + 1], 0x44),
                          _mm512_shuffle_ps(e[2 * s], e[2 * s + 1], 0xee));
@@ -333,23 +343,32 @@ template <KvFormat F, int R, int T>
 KVLAB_TARGET_AVX512 void dense_scores_tile16(const uint8_t* data, int64_t stride, const uint16_t* scale,
                                              int j0, const float* q, int d, float* s, int n) {
   __m512 acc[R][T];
+  KVLAB_UNROLL
   for (int r = 0; r < R; ++r) {
+    KVLAB_UNROLL
     for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
   }
   const uint8_t* rows[T];
+  KVLAB_UNROLL
   for (int t = 0; t < T; ++t) rows[t] = data + (j0 + t) * stride;
   for (int c = 0; c < d; c += 16) {
     const __mmask16 m = mask16(d - c);
     __m512 kv[T];
+    KVLAB_UNROLL
     for (int t = 0; t < T; ++t) kv[t] = load_dense16<F>(rows[t], c, m);
+    KVLAB_UNROLL
     for (int r = 0; r < R; ++r) {
       const __m512 qv = _mm512_maskz_loadu_ps(m, q + r * d + c);
+      KVLAB_UNROLL
       for (int t = 0; t < T; ++t) acc[r][t] = _mm512_fmadd_ps(qv, kv[t], acc[r][t]);
     }
   }
   __m512 v[16];
+  KVLAB_UNROLL
   for (int i = 0; i < 16; ++i) v[i] = _mm512_setzero_ps();
+  KVLAB_UNROLL
   for (int r = 0; r < R; ++r) {
+    KVLAB_UNROLL
     for (int t = 0; t < T; ++t) v[4 * t + r] = acc[r][t];
   }
   __m512 sums = reduce16(v);  // lane 4r + t: row r, token t
@@ -359,7 +378,9 @@ KVLAB_TARGET_AVX512 void dense_scores_tile16(const uint8_t* data, int64_t stride
   }
   alignas(64) float out[16];
   _mm512_store_ps(out, sums);
+  KVLAB_UNROLL
   for (int r = 0; r < R; ++r) {
+    KVLAB_UNROLL
     for (int t = 0; t < T; ++t) s[r * n + j0 + t] = out[4 * r + t];
   }
 }
@@ -393,23 +414,31 @@ template <KvFormat F, int R, int C>
 KVLAB_TARGET_AVX512 void dense_acc_tile16(const KvBlock& v, const float* p, int c0, float* acc) {
   const int n = v.n, d = v.d;
   __mmask16 m[C];
+  KVLAB_UNROLL
   for (int c = 0; c < C; ++c) m[c] = mask16(d - c0 - 16 * c);
   __m512 a[R][C];
+  KVLAB_UNROLL
   for (int r = 0; r < R; ++r) {
+    KVLAB_UNROLL
     for (int c = 0; c < C; ++c) a[r][c] = _mm512_maskz_loadu_ps(m[c], acc + r * d + c0 + 16 * c);
   }
   for (int j = 0; j < n; ++j) {
     const uint8_t* row = v.data + j * v.stride;
     __m512 vv[C];
+    KVLAB_UNROLL
     for (int c = 0; c < C; ++c) vv[c] = load_dense16<F>(row, c0 + 16 * c, m[c]);
     const float sc = F == KvFormat::kFp8 ? h2f_avx512(v.scale[j]) : 1.0f;
+    KVLAB_UNROLL
     for (int r = 0; r < R; ++r) {
       const float pj = F == KvFormat::kFp8 ? p[r * n + j] * sc : p[r * n + j];
       const __m512 pb = _mm512_set1_ps(pj);
+      KVLAB_UNROLL
       for (int c = 0; c < C; ++c) a[r][c] = _mm512_fmadd_ps(pb, vv[c], a[r][c]);
     }
   }
+  KVLAB_UNROLL
   for (int r = 0; r < R; ++r) {
+    KVLAB_UNROLL
     for (int c = 0; c < C; ++c) _mm512_mask_storeu_ps(acc + r * d + c0 + 16 * c, m[c], a[r][c]);
   }
 }
@@ -451,20 +480,27 @@ KVLAB_TARGET_AVX512 void int_channel_scores_tile16(const KvBlock& k, const float
   const int n = k.n, d = k.d;
   const int64_t sb = packed_bytes(n, k.bits);
   __m512 acc[R][TV];
+  KVLAB_UNROLL
   for (int r = 0; r < R; ++r) {
+    KVLAB_UNROLL
     for (int t = 0; t < TV; ++t) acc[r][t] = _mm512_setzero_ps();
   }
   for (int c = 0; c < d; ++c) {
     const uint8_t* stream = k.data + c * k.stride;
     __m512 code[TV];
+    KVLAB_UNROLL
     for (int t = 0; t < TV; ++t) code[t] = codes16(stream, j0 + 16 * t, k.bits, sb);
     const float sc = h2f_avx512(k.scale[c]);
+    KVLAB_UNROLL
     for (int r = 0; r < R; ++r) {
       const __m512 qv = _mm512_set1_ps(q[r * d + c] * sc);
+      KVLAB_UNROLL
       for (int t = 0; t < TV; ++t) acc[r][t] = _mm512_fmadd_ps(qv, code[t], acc[r][t]);
     }
   }
+  KVLAB_UNROLL
   for (int r = 0; r < R; ++r) {
+    KVLAB_UNROLL
     for (int t = 0; t < TV; ++t) {
       _mm512_mask_storeu_ps(s + r * n + j0 + 16 * t, mask16(n - j0 - 16 * t),
                             _mm512_add_ps(acc[r][t], _mm512_set1_ps(z[r])));
@@ -475,6 +511,7 @@ KVLAB_TARGET_AVX512 void int_channel_scores_tile16(const KvBlock& k, const float
 template <int R>
 KVLAB_TARGET_AVX512 void int_channel_scores_rows16(const KvBlock& k, const float* q, float* s) {
   float z[R];
+  KVLAB_UNROLL
   for (int r = 0; r < R; ++r) z[r] = zero_term16(q + r * k.d, k.zero, k.d);
   for (int j0 = 0; j0 < k.n; j0 += 64) {
     switch ((std::min(64, k.n - j0) + 15) / 16) {
@@ -498,6 +535,7 @@ KVLAB_TARGET_AVX512 inline void token_lanes16(const KvBlock& b, int j, int c, __
   }
   // Lane i belongs to group (c + i) / group; at most 16 groups from g0 on.
   alignas(64) int32_t gi[16];
+  KVLAB_UNROLL
   for (int i = 0; i < 16; ++i) gi[i] = std::min((c + i) / b.group, G - 1) - g0;
   const __m512i idx = _mm512_load_si512(gi);
   const __mmask16 m = mask16(G - g0);
@@ -514,6 +552,7 @@ KVLAB_TARGET_AVX512 void int_token_scores16(const KvBlock& k, const float* q, in
   const int64_t rb = packed_bytes(d, k.bits);
   for (int j0 = 0; j0 < n; j0 += 4) {
     const int T = std::min(4, n - j0);
+    KVLAB_UNROLL
     for (int t = 0; t < T; ++t) {
       const uint8_t* row = k.data + (j0 + t) * k.stride;
       for (int c = 0; c < d; c += 16) {
@@ -549,28 +588,37 @@ KVLAB_TARGET_AVX512 void int_token_acc_tile16(const KvBlock& v, const float* p, 
   const int n = v.n, d = v.d, G = groups_of(v);
   const int64_t rb = packed_bytes(d, v.bits);
   __mmask16 m[C];
+  KVLAB_UNROLL
   for (int c = 0; c < C; ++c) m[c] = mask16(d - c0 - 16 * c);
   __m512 a[R][C];
+  KVLAB_UNROLL
   for (int r = 0; r < R; ++r) {
+    KVLAB_UNROLL
     for (int c = 0; c < C; ++c) a[r][c] = _mm512_maskz_loadu_ps(m[c], acc + r * d + c0 + 16 * c);
   }
   for (int j = 0; j < n; ++j) {
     const uint8_t* row = v.data + j * v.stride;
     __m512 code[C], sl[C];
+    KVLAB_UNROLL
     for (int c = 0; c < C; ++c) {
       __m512 zl;
       code[c] = codes16(row, c0 + 16 * c, v.bits, rb);
       token_lanes16(v, j, c0 + 16 * c, &sl[c], &zl);
     }
+    KVLAB_UNROLL
     for (int r = 0; r < R; ++r) {
       const __m512 pb = _mm512_set1_ps(p[r * n + j]);
+      KVLAB_UNROLL
       for (int c = 0; c < C; ++c) a[r][c] = _mm512_fmadd_ps(_mm512_mul_ps(pb, sl[c]), code[c], a[r][c]);
     }
   }
   // Zero terms: lane c gets zs[r, c / group].
+  KVLAB_UNROLL
   for (int c = 0; c < C; ++c) {
     alignas(64) int32_t gi[16];
+    KVLAB_UNROLL
     for (int i = 0; i < 16; ++i) gi[i] = std::min((c0 + 16 * c + i) / v.group, G - 1);
+    KVLAB_UNROLL
     for (int r = 0; r < R; ++r) {
       const __m512 zl = _mm512_i32gather_ps(_mm512_load_si512(gi), zs + r * G, 4);
       _mm512_mask_storeu_ps(acc + r * d + c0 + 16 * c, m[c], _mm512_add_ps(a[r][c], zl));
@@ -582,6 +630,7 @@ template <int R>
 KVLAB_TARGET_AVX512 void int_token_acc_rows16(const KvBlock& v, const float* p, float* acc) {
   const int G = groups_of(v), n = v.n;
   float zs[4 * kMaxSimdD];
+  KVLAB_UNROLL
   for (int r = 0; r < R; ++r) {
     for (int g = 0; g < G; ++g) {
       float z = 0.0f;
@@ -608,6 +657,7 @@ KVLAB_TARGET_AVX512 void int_channel_acc_rows16(const KvBlock& v, const float* p
   const int n = v.n, d = v.d;
   const int64_t sb = packed_bytes(n, v.bits);
   float psum[R];
+  KVLAB_UNROLL
   for (int r = 0; r < R; ++r) {
     __m512 sv = _mm512_setzero_ps();
     for (int j = 0; j < n; j += 16) sv = _mm512_add_ps(sv, _mm512_maskz_loadu_ps(mask16(n - j), p + r * n + j));
@@ -616,28 +666,38 @@ KVLAB_TARGET_AVX512 void int_channel_acc_rows16(const KvBlock& v, const float* p
   for (int c0 = 0; c0 < d; c0 += 4) {
     const int CC = std::min(4, d - c0);
     __m512 dots[4][R];
+    KVLAB_UNROLL
     for (int cc = 0; cc < 4; ++cc) {
+      KVLAB_UNROLL
       for (int r = 0; r < R; ++r) dots[cc][r] = _mm512_setzero_ps();
     }
     for (int j = 0; j < n; j += 16) {
       const __mmask16 m = mask16(n - j);
       __m512 pv[R];
+      KVLAB_UNROLL
       for (int r = 0; r < R; ++r) pv[r] = _mm512_maskz_loadu_ps(m, p + r * n + j);
+      KVLAB_UNROLL
       for (int cc = 0; cc < 4; ++cc) {
         if (cc >= CC) break;
         const __m512 code = codes16(v.data + (c0 + cc) * v.stride, j, v.bits, sb);
+        KVLAB_UNROLL
         for (int r = 0; r < R; ++r) dots[cc][r] = _mm512_fmadd_ps(pv[r], code, dots[cc][r]);
       }
     }
     __m512 in[16];
+    KVLAB_UNROLL
     for (int i = 0; i < 16; ++i) in[i] = _mm512_setzero_ps();
+    KVLAB_UNROLL
     for (int cc = 0; cc < CC; ++cc) {
+      KVLAB_UNROLL
       for (int r = 0; r < R; ++r) in[4 * cc + r] = dots[cc][r];
     }
     alignas(64) float out[16];  // out[4r + cc]
     _mm512_store_ps(out, reduce16(in));
+    KVLAB_UNROLL
     for (int cc = 0; cc < CC; ++cc) {
       const float sc = h2f_avx512(v.scale[c0 + cc]), zr = h2f_avx512(v.zero[c0 + cc]);
+      KVLAB_UNROLL
       for (int r = 0; r < R; ++r) acc[r * d + c0 + cc] += std::fma(out[4 * r + cc], sc, psum[r] * zr);
     }
   }
@@ -657,7 +717,14 @@ KVLAB_TARGET_AVX512 void int_channel_acc_rows16(const KvBlock& v, const float* p
 // per row and block of up to 128 tokens (ps = max p' / 255), the same way, with the sum over
 // tokens; vpdpbusd takes the four probabilities of four tokens against their four codes.
 
-constexpr int kVnniMaxTokens = 128;  // value chunk: the probability quantization is per chunk
+constexpr int kVnniMaxTokens = 128;
+static int g_pf_dist = getenv("PFD") ? atoi(getenv("PFD")) : 0;
+
+// acc += vpdpbusd(u8 a, s8 b). Inline assembly: GCC 12 models the intrinsic as a three-operand
+// operation and surrounds every use with register copies of the accumulators.
+KVLAB_TARGET_AVX512_VNNI inline void dpbusd(__m512i& acc, __m512i a, __m512i b) {
+  __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b));
+}  // value chunk: the probability quantization is per chunk
 
 KVLAB_TARGET_AVX512_VNNI inline __m512i expand64(const VnniTables& t, __m512i raw, int bits) {
   const __m512i x = _mm512_multishift_epi64_epi8(_mm512_load_si512(t.shift),
@@ -721,7 +788,12 @@ KVLAB_TARGET_AVX512_VNNI void quantize_query(const KvBlock& k, const float* q, Q
 template <int R>
 KVLAB_TARGET_AVX512_VNNI void int_channel_scores_vnni_rows(const KvBlock& k, const float* q, float* s) {
   const int n = k.n, d = k.d, bits = k.bits;
+  if (getenv("KPF")) {
+    const int64_t total = (d - 1) * k.stride + packed_bytes(n, bits);
+    for (int64_t o = 0; o < total; o += 64) _mm_prefetch(reinterpret_cast<const char*>(k.data + o), _MM_HINT_T0);
+  }
   QuantQuery qq[R];
+  KVLAB_UNROLL
   for (int r = 0; r < R; ++r) quantize_query(k, q + r * d, &qq[r]);
   const VnniTables& tb = vnni_tables(bits);
   const int64_t sb = packed_bytes(n, bits);
@@ -729,24 +801,36 @@ KVLAB_TARGET_AVX512_VNNI void int_channel_scores_vnni_rows(const KvBlock& k, con
     const int64_t off = int64_t(t0) * bits / 8;
     const __mmask64 lm = mask64(std::min<int64_t>(8 * bits, sb - off));
     __m512i acc[R][4];
+    KVLAB_UNROLL
     for (int r = 0; r < R; ++r) {
+      KVLAB_UNROLL
       for (int kk = 0; kk < 4; ++kk) acc[r][kk] = _mm512_setzero_si512();
     }
     for (int c = 0; c < d; c += 4) {
+      if (t0 == 0 && g_pf_dist > 0) {
+        for (int cc = 0; cc < 4; ++cc) {
+          if (c + cc + g_pf_dist < d) _mm_prefetch(reinterpret_cast<const char*>(k.data + (c + cc + g_pf_dist) * k.stride), _MM_HINT_T0);
+        }
+      }
       __m512i y[4];
+      KVLAB_UNROLL
       for (int cc = 0; cc < 4; ++cc) {
         y[cc] = c + cc < d ? expand64(tb, _mm512_maskz_loadu_epi8(lm, k.data + (c + cc) * k.stride + off), bits)
                            : _mm512_setzero_si512();
       }
       __m512i v[4];
       interleave4(y, v);
+      KVLAB_UNROLL
       for (int r = 0; r < R; ++r) {
         const __m512i qb = _mm512_set1_epi32(qq[r].qd[c / 4]);
-        for (int kk = 0; kk < 4; ++kk) acc[r][kk] = _mm512_dpbusd_epi32(acc[r][kk], v[kk], qb);
+        KVLAB_UNROLL
+        for (int kk = 0; kk < 4; ++kk) dpbusd(acc[r][kk], v[kk], qb);
       }
     }
+    KVLAB_UNROLL
     for (int r = 0; r < R; ++r) {
       const __m512 qs = _mm512_set1_ps(qq[r].qs), z = _mm512_set1_ps(qq[r].z);
+      KVLAB_UNROLL
       for (int kk = 0; kk < 4; ++kk) {
         _mm512_mask_storeu_ps(s + r * n + t0 + 16 * kk, mask16(n - t0 - 16 * kk),
                               _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][kk]), qs, z));
@@ -846,35 +930,53 @@ KVLAB_TARGET_AVX512_VNNI void int_token_acc_vnni_rows(const KvBlock& v, const fl
   const VnniTables& tb = vnni_tables(bits);
   const int64_t rb = packed_bytes(d, bits);
   QuantProbs qp[R];
+  if (getenv("KPF")) {
+    const int64_t total = (n - 1) * v.stride + rb;
+    for (int64_t o = 0; o < total; o += 64) _mm_prefetch(reinterpret_cast<const char*>(v.data + o), _MM_HINT_T0);
+  }
   for (int j0 = 0; j0 < n; j0 += kVnniMaxTokens) {
     const int nc = std::min(kVnniMaxTokens, n - j0);
+    KVLAB_UNROLL
     for (int r = 0; r < R; ++r) quantize_probs(v, p + r * n, j0, nc, &qp[r]);
     for (int c0 = 0; c0 < d; c0 += 64) {
       const int64_t off = int64_t(c0) * bits / 8;
       const __mmask64 lm = mask64(std::min<int64_t>(8 * bits, rb - off));
       int gk[4];
+      KVLAB_UNROLL
       for (int kk = 0; kk < 4; ++kk) gk[kk] = std::min((c0 + 16 * kk) / v.group, G - 1);
       __m512i a[R][4];
+      KVLAB_UNROLL
       for (int r = 0; r < R; ++r) {
+        KVLAB_UNROLL
         for (int kk = 0; kk < 4; ++kk) a[r][kk] = _mm512_setzero_si512();
       }
       for (int j = 0; j < nc; j += 4) {
+        if (c0 == 0 && g_pf_dist > 0) {
+          for (int t = 0; t < 4; ++t) {
+            if (j + t + g_pf_dist < nc) _mm_prefetch(reinterpret_cast<const char*>(v.data + (j0 + j + t + g_pf_dist) * v.stride), _MM_HINT_T0);
+          }
+        }
         __m512i y[4];
+        KVLAB_UNROLL
         for (int t = 0; t < 4; ++t) {
           y[t] = j + t < nc ? expand64(tb, _mm512_maskz_loadu_epi8(lm, v.data + (j0 + j + t) * v.stride + off), bits)
                             : _mm512_setzero_si512();
         }
         __m512i cv[4];
         interleave4(y, cv);
+        KVLAB_UNROLL
         for (int r = 0; r < R; ++r) {
           const int32_t* pd = qp[r].pd + (j / 4) * G;
+          KVLAB_UNROLL
           for (int kk = 0; kk < 4; ++kk) {
-            a[r][kk] = _mm512_dpbusd_epi32(a[r][kk], _mm512_set1_epi32(pd[gk[kk]]), cv[kk]);
+            dpbusd(a[r][kk], _mm512_set1_epi32(pd[gk[kk]]), cv[kk]);
           }
         }
       }
+      KVLAB_UNROLL
       for (int r = 0; r < R; ++r) {
         const __m512 ps = _mm512_set1_ps(qp[r].ps);
+        KVLAB_UNROLL
         for (int kk = 0; kk < 4; ++kk) {
           const __mmask16 m = mask16(d - c0 - 16 * kk);
           if (!m) break;
@@ -938,6 +1040,460 @@ KVLAB_TARGET_AVX512 void accumulate_avx512(const KvBlock& v, const float* p, int
     }
   }
 }
+// ---------------------------------------------------------------------------------------------
+// AVX2 (+ FMA, F16C): the f32 paths of AVX-512 on 8 lanes. AVX2 has no byte- or word-masked
+// loads, so partial tails of 16- and 8-bit data go through a zeroed local copy.
+
+KVLAB_TARGET_AVX2 inline __m256i tail_mask8(int count) {  // lanes < count on
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(count), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+// The first min(count, 16) bytes at p in an xmm, the rest zero (p + 16 may be unreadable).
+KVLAB_TARGET_AVX2 inline __m128i load_partial16(const uint8_t* p, int count) {
+  if (count >= 16) return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  alignas(16) uint8_t tmp[16] = {};
+  if (count > 0) std::memcpy(tmp, p, size_t(count));
+  return _mm_load_si128(reinterpret_cast<const __m128i*>(tmp));
+}
+
+KVLAB_TARGET_AVX2 inline __m256 e4m3_to_ps_avx2(__m128i bytes) {
+  const __m256i x = _mm256_cvtepu8_epi32(bytes);
+  const __m256i mag = _mm256_and_si256(x, _mm256_set1_epi32(0x7f));
+  const __m256i bits = _mm256_or_si256(_mm256_slli_epi32(mag, 20),
+                                       _mm256_slli_epi32(_mm256_and_si256(x, _mm256_set1_epi32(0x80)), 24));
+  const __m256 v = _mm256_mul_ps(_mm256_castsi256_ps(bits), _mm256_set1_ps(0x1p120f));
+  const __m256 nan = _mm256_castsi256_ps(_mm256_cmpeq_epi32(mag, _mm256_set1_epi32(0x7f)));
+  return _mm256_blendv_ps(v, _mm256_set1_ps(std::numeric_limits<float>::quiet_NaN()), nan);
+}
+
+// Channels c .. c+7 of a dense token row (count = valid channels from c; lanes beyond are 0).
+template <KvFormat F>
+KVLAB_TARGET_AVX2 inline __m256 load_dense8(const uint8_t* row, int c, int count) {
+  if constexpr (F == KvFormat::kF32) {
+    const float* p = reinterpret_cast<const float*>(row) + c;
+    return count >= 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, tail_mask8(count));
+  } else if constexpr (F == KvFormat::kF16) {
+    return _mm256_cvtph_ps(load_partial16(row + 2 * c, 2 * std::min(count, 8)));
+  } else if constexpr (F == KvFormat::kBF16) {
+    const __m128i h = load_partial16(row + 2 * c, 2 * std::min(count, 8));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  } else {
+    const __m128i b = count >= 8 ? _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + c))
+                                 : load_partial16(row + c, count);
+    return e4m3_to_ps_avx2(b);
+  }
+}
+
+// Codes first .. first+7 (first % 8 == 0) of a bit stream of `stream_bytes` bytes, as f32.
+KVLAB_TARGET_AVX2 inline __m256 codes8(const uint8_t* stream, int first, int bits, int64_t stream_bytes) {
+  const int64_t b0 = int64_t(first) * bits / 8;
+  const int64_t left = stream_bytes - b0;  // 8 codes are `bits` bytes; read 8 where they exist
+  uint64_t word = 0;
+  if (left >= 8) {
+    std::memcpy(&word, stream + b0, 8);
+  } else {
+    std::memcpy(&word, stream + b0, size_t(std::min<int64_t>(bits, left)));
+  }
+  const __m128i raw = _mm_cvtsi64_si128(int64_t(word));
+  if (bits == 8) return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(raw));
+  const ExtractTables& t = extract_tables(bits);
+  __m256i x = _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(raw),
+                                  _mm256_load_si256(reinterpret_cast<const __m256i*>(t.shuffle)));
+  x = _mm256_srlv_epi32(x, _mm256_load_si256(reinterpret_cast<const __m256i*>(t.shift)));
+  x = _mm256_and_si256(x, _mm256_set1_epi32((1 << bits) - 1));
+  return _mm256_cvtepi32_ps(x);
+}
+
+// Lane i of the result is the sum of the 8 lanes of w[i], every sum by the same tree:
+// lane l + lane l+4, then l + l+2, then l + l+1 (3 rounds of shuffles and adds).
+KVLAB_TARGET_AVX2 inline __m256 reduce8(const __m256 (&w)[8]) {
+  __m256 t[4];  // t[p]: [w[p] lanes l + l+4 | w[p + 4] lanes l + l+4]
+  KVLAB_UNROLL
+  for (int p = 0; p < 4; ++p) {
+    t[p] = _mm256_add_ps(_mm256_permute2f128_ps(w[p], w[p + 4], 0x20), _mm256_permute2f128_ps(w[p], w[p + 4], 0x31));
+  }
+  // u[0]: [w0 l + l+2 (2 lanes), w1 (2) | w4, w5];  u[1]: [w2, w3 | w6, w7]
+  const __m256 u0 = _mm256_add_ps(_mm256_shuffle_ps(t[0], t[1], 0x44), _mm256_shuffle_ps(t[0], t[1], 0xee));
+  const __m256 u1 = _mm256_add_ps(_mm256_shuffle_ps(t[2], t[3], 0x44), _mm256_shuffle_ps(t[2], t[3], 0xee));
+  return _mm256_add_ps(_mm256_shuffle_ps(u0, u1, 0x88), _mm256_shuffle_ps(u0, u1, 0xdd));
+}
+
+KVLAB_TARGET_AVX2 inline float hsum8(__m256 v) {
+  __m128 q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+  q = _mm_add_ss(q, _mm_movehdup_ps(q));
+  return _mm_cvtss_f32(q);
+}
+
+// ---- dense scores: tiles of R rows x T tokens (T <= 2), one 8-lane accumulator per dot ----------
+
+template <KvFormat F, int R, int T>
+KVLAB_TARGET_AVX2 void dense_scores_tile8(const uint8_t* data, int64_t stride, const uint16_t* scale, int j0,
+                                          const float* q, int d, float* s, int n) {
+  __m256 acc[R][T];
+  KVLAB_UNROLL
+  for (int r = 0; r < R; ++r) {
+    KVLAB_UNROLL
+    for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
+  }
+  const uint8_t* rows[T];
+  KVLAB_UNROLL
+  for (int t = 0; t < T; ++t) rows[t] = data + (j0 + t) * stride;
+  for (int c = 0; c < d; c += 8) {
+    const int count = d - c;
+    __m256 kv[T];
+    KVLAB_UNROLL
+    for (int t = 0; t < T; ++t) kv[t] = load_dense8<F>(rows[t], c, count);
+    KVLAB_UNROLL
+    for (int r = 0; r < R; ++r) {
+      const __m256 qv = load_dense8<KvFormat::kF32>(reinterpret_cast<const uint8_t*>(q + r * d), c, count);
+      KVLAB_UNROLL
+      for (int t = 0; t < T; ++t) acc[r][t] = _mm256_fmadd_ps(qv, kv[t], acc[r][t]);
+    }
+  }
+  __m256 w[8];
+  KVLAB_UNROLL
+  for (int i = 0; i < 8; ++i) w[i] = _mm256_setzero_ps();
+  KVLAB_UNROLL
+  for (int r = 0; r < R; ++r) {
+    KVLAB_UNROLL
+    for (int t = 0; t < T; ++t) w[4 * t + r] = acc[r][t];
+  }
+  alignas(32) float out[8];  // out[4t + r]
+  _mm256_store_ps(out, reduce8(w));
+  KVLAB_UNROLL
+  for (int t = 0; t < T; ++t) {
+    const float sc = F == KvFormat::kFp8 ? _cvtsh_ss(scale[j0 + t]) : 1.0f;
+    KVLAB_UNROLL
+    for (int r = 0; r < R; ++r) s[r * n + j0 + t] = F == KvFormat::kFp8 ? out[4 * t + r] * sc : out[4 * t + r];
+  }
+}
+
+template <KvFormat F, int R>
+KVLAB_TARGET_AVX2 void dense_scores_rows8(const uint8_t* data, int64_t stride, const uint16_t* scale, int n,
+                                          const float* q, int d, float* s) {
+  int j = 0;
+  for (; j + 2 <= n; j += 2) dense_scores_tile8<F, R, 2>(data, stride, scale, j, q, d, s, n);
+  if (j < n) dense_scores_tile8<F, R, 1>(data, stride, scale, j, q, d, s, n);
+}
+
+template <KvFormat F>
+KVLAB_TARGET_AVX2 void dense_scores8(const uint8_t* data, int64_t stride, const uint16_t* scale, int n, int d,
+                                     const float* q, int rows, float* s) {
+  for (int r0 = 0; r0 < rows; r0 += 4) {
+    const float* qr = q + int64_t(r0) * d;
+    float* sr = s + int64_t(r0) * n;
+    with_rows(rows - r0, [&]<int R>() { dense_scores_rows8<F, R>(data, stride, scale, n, qr, d, sr); });
+  }
+}
+
+// ---- dense accumulate: tiles of R rows x C vectors of 8 channels (C <= 2) ---------------------
+
+template <KvFormat F, int R, int C>
+KVLAB_TARGET_AVX2 void dense_acc_tile8(const KvBlock& v, const float* p, int c0, float* acc) {
+  const int n = v.n, d = v.d;
+  __m256i m[C];
+  KVLAB_UNROLL
+  for (int c = 0; c < C; ++c) m[c] = tail_mask8(d - c0 - 8 * c);
+  __m256 a[R][C];
+  KVLAB_UNROLL
+  for (int r = 0; r < R; ++r) {
+    KVLAB_UNROLL
+    for (int c = 0; c < C; ++c) a[r][c] = _mm256_maskload_ps(acc + r * d + c0 + 8 * c, m[c]);
+  }
+  for (int j = 0; j < n; ++j) {
+    const uint8_t* row = v.data + j * v.stride;
+    __m256 vv[C];
+    KVLAB_UNROLL
+    for (int c = 0; c < C; ++c) vv[c] = load_dense8<F>(row, c0 + 8 * c, d - c0 - 8 * c);
+    const float sc = F == KvFormat::kFp8 ? _cvtsh_ss(v.scale[j]) : 1.0f;
+    KVLAB_UNROLL
+    for (int r = 0; r < R; ++r) {
+      const __m256 pb = _mm256_set1_ps(F == KvFormat::kFp8 ? p[r * n + j] * sc : p[r * n + j]);
+      KVLAB_UNROLL
+      for (int c = 0; c < C; ++c) a[r][c] = _mm256_fmadd_ps(pb, vv[c], a[r][c]);
+    }
+  }
+  KVLAB_UNROLL
+  for (int r = 0; r < R; ++r) {
+    KVLAB_UNROLL
+    for (int c = 0; c < C; ++c) _mm256_maskstore_ps(acc + r * d + c0 + 8 * c, m[c], a[r][c]);
+  }
+}
+
+template <KvFormat F, int R>
+KVLAB_TARGET_AVX2 void dense_acc_rows8(const KvBlock& v, const float* p, float* acc) {
+  for (int c0 = 0; c0 < v.d; c0 += 16) {
+    if (v.d - c0 > 8) {
+      dense_acc_tile8<F, R, 2>(v, p, c0, acc);
+    } else {
+      dense_acc_tile8<F, R, 1>(v, p, c0, acc);
+    }
+  }
+}
+
+template <KvFormat F>
+KVLAB_TARGET_AVX2 void dense_acc8(const KvBlock& v, const float* p, int rows, float* acc) {
+  for (int r0 = 0; r0 < rows; r0 += 4) {
+    const float* pr = p + int64_t(r0) * v.n;
+    float* ar = acc + int64_t(r0) * v.d;
+    with_rows(rows - r0, [&]<int R>() { dense_acc_rows8<F, R>(v, pr, ar); });
+  }
+}
+
+// ---- kIntChannel scores, f32 (the AVX-512 scheme on 8 lanes) ---------------------------------
+
+KVLAB_TARGET_AVX2 float zero_term8(const float* q, const uint16_t* zero, int d) {
+  float z = 0.0f;
+  for (int c = 0; c < d; ++c) z = std::fma(q[c], _cvtsh_ss(zero[c]), z);
+  return z;
+}
+
+template <int R, int TV>
+KVLAB_TARGET_AVX2 void int_channel_scores_tile8(const KvBlock& k, const float* q, const float* z, int j0, float* s) {
+  const int n = k.n, d = k.d;
+  const int64_t sb = packed_bytes(n, k.bits);
+  __m256 acc[R][TV];
+  KVLAB_UNROLL
+  for (int r = 0; r < R; ++r) {
+    KVLAB_UNROLL
+    for (int t = 0; t < TV; ++t) acc[r][t] = _mm256_setzero_ps();
+  }
+  for (int c = 0; c < d; ++c) {
+    const uint8_t* stream = k.data + c * k.stride;
+    __m256 code[TV];
+    KVLAB_UNROLL
+    for (int t = 0; t < TV; ++t) code[t] = codes8(stream, j0 + 8 * t, k.bits, sb);
+    const float sc = _cvtsh_ss(k.scale[c]);
+    KVLAB_UNROLL
+    for (int r = 0; r < R; ++r) {
+      const __m256 qv = _mm256_set1_ps(q[r * d + c] * sc);
+      KVLAB_UNROLL
+      for (int t = 0; t < TV; ++t) acc[r][t] = _mm256_fmadd_ps(qv, code[t], acc[r][t]);
+    }
+  }
+  KVLAB_UNROLL
+  for (int r = 0; r < R; ++r) {
+    KVLAB_UNROLL
+    for (int t = 0; t < TV; ++t) {
+      _mm256_maskstore_ps(s + r * n + j0 + 8 * t, tail_mask8(n - j0 - 8 * t),
+                          _mm256_add_ps(acc[r][t], _mm256_set1_ps(z[r])));
+    }
+  }
+}
+
+template <int R>
+KVLAB_TARGET_AVX2 void int_channel_scores_rows8(const KvBlock& k, const float* q, float* s) {
+  float z[R];
+  for (int r = 0; r < R; ++r) z[r] = zero_term8(q + r * k.d, k.zero, k.d);
+  for (int j0 = 0; j0 < k.n; j0 += 16) {
+    if (k.n - j0 > 8) {
+      int_channel_scores_tile8<R, 2>(k, q, z, j0, s);
+    } else {
+      int_channel_scores_tile8<R, 1>(k, q, z, j0, s);
+    }
+  }
+}
+
+// ---- kIntToken: scale / zero lanes of channels c .. c+7 of token j -----------------------------
+
+KVLAB_TARGET_AVX2 inline void token_lanes8(const KvBlock& b, int j, int c, __m256* sl, __m256* zl) {
+  const int G = groups_of(b);
+  const int g0 = c / b.group;
+  if (b.group % 8 == 0) {
+    *sl = _mm256_set1_ps(_cvtsh_ss(b.scale[j * G + g0]));
+    *zl = _mm256_set1_ps(_cvtsh_ss(b.zero[j * G + g0]));
+    return;
+  }
+  alignas(32) int32_t gi[8];
+  for (int i = 0; i < 8; ++i) gi[i] = std::min((c + i) / b.group, G - 1) - g0;
+  const __m256i idx = _mm256_load_si256(reinterpret_cast<const __m256i*>(gi));
+  const int count = 2 * std::min(8, G - g0);
+  *sl = _mm256_permutevar8x32_ps(
+      _mm256_cvtph_ps(load_partial16(reinterpret_cast<const uint8_t*>(b.scale + j * G + g0), count)), idx);
+  *zl = _mm256_permutevar8x32_ps(
+      _mm256_cvtph_ps(load_partial16(reinterpret_cast<const uint8_t*>(b.zero + j * G + g0), count)), idx);
+}
+
+KVLAB_TARGET_AVX2 void int_token_scores8(const KvBlock& k, const float* q, int rows, float* s) {
+  const int n = k.n, d = k.d;
+  const int dp = (d + 7) & ~7;
+  alignas(32) float tile[2 * kMaxSimdD];
+  const int64_t rb = packed_bytes(d, k.bits);
+  for (int j0 = 0; j0 < n; j0 += 2) {
+    const int T = std::min(2, n - j0);
+    for (int t = 0; t < T; ++t) {
+      const uint8_t* row = k.data + (j0 + t) * k.stride;
+      for (int c = 0; c < d; c += 8) {
+        __m256 sl, zl;
+        token_lanes8(k, j0 + t, c, &sl, &zl);
+        _mm256_store_ps(tile + t * dp + c, _mm256_fmadd_ps(codes8(row, c, k.bits, rb), sl, zl));
+      }
+    }
+    const uint8_t* tb = reinterpret_cast<const uint8_t*>(tile);
+    for (int r0 = 0; r0 < rows; r0 += 4) {
+      const float* qr = q + int64_t(r0) * d;
+      float* sr = s + int64_t(r0) * n + j0;
+      with_rows(rows - r0, [&]<int R>() {
+        if (T == 2) {
+          dense_scores_tile8<KvFormat::kF32, R, 2>(tb, dp * 4, nullptr, 0, qr, d, sr, n);
+        } else {
+          dense_scores_tile8<KvFormat::kF32, R, 1>(tb, dp * 4, nullptr, 0, qr, d, sr, n);
+        }
+      });
+    }
+  }
+}
+
+// ---- kIntToken accumulate, f32: scale folded into p (the AVX-512 scheme on 8 lanes) -----------
+
+template <int R, int C>
+KVLAB_TARGET_AVX2 void int_token_acc_tile8(const KvBlock& v, const float* p, const float* zs, int c0, float* acc) {
+  const int n = v.n, d = v.d, G = groups_of(v);
+  const int64_t rb = packed_bytes(d, v.bits);
+  __m256i m[C];
+  KVLAB_UNROLL
+  for (int c = 0; c < C; ++c) m[c] = tail_mask8(d - c0 - 8 * c);
+  __m256 a[R][C];
+  KVLAB_UNROLL
+  for (int r = 0; r < R; ++r) {
+    KVLAB_UNROLL
+    for (int c = 0; c < C; ++c) a[r][c] = _mm256_maskload_ps(acc + r * d + c0 + 8 * c, m[c]);
+  }
+  for (int j = 0; j < n; ++j) {
+    const uint8_t* row = v.data + j * v.stride;
+    __m256 code[C], sl[C];
+    KVLAB_UNROLL
+    for (int c = 0; c < C; ++c) {
+      __m256 zl;
+      code[c] = codes8(row, c0 + 8 * c, v.bits, rb);
+      token_lanes8(v, j, c0 + 8 * c, &sl[c], &zl);
+    }
+    KVLAB_UNROLL
+    for (int r = 0; r < R; ++r) {
+      const __m256 pb = _mm256_set1_ps(p[r * n + j]);
+      KVLAB_UNROLL
+      for (int c = 0; c < C; ++c) a[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(pb, sl[c]), code[c], a[r][c]);
+    }
+  }
+  KVLAB_UNROLL
+  for (int c = 0; c < C; ++c) {
+    alignas(32) int32_t gi[8];
+    for (int i = 0; i < 8; ++i) gi[i] = std::min((c0 + 8 * c + i) / v.group, G - 1);
+    const __m256i idx = _mm256_load_si256(reinterpret_cast<const __m256i*>(gi));
+    KVLAB_UNROLL
+    for (int r = 0; r < R; ++r) {
+      const __m256 zl = _mm256_i32gather_ps(zs + r * G, idx, 4);
+      _mm256_maskstore_ps(acc + r * d + c0 + 8 * c, m[c], _mm256_add_ps(a[r][c], zl));
+    }
+  }
+}
+
+template <int R>
+KVLAB_TARGET_AVX2 void int_token_acc_rows8(const KvBlock& v, const float* p, float* acc) {
+  const int G = groups_of(v), n = v.n;
+  float zs[4 * kMaxSimdD];
+  for (int r = 0; r < R; ++r) {
+    for (int g = 0; g < G; ++g) {
+      float z = 0.0f;
+      for (int j = 0; j < n; ++j) z = std::fma(p[r * n + j], _cvtsh_ss(v.zero[j * G + g]), z);
+      zs[r * G + g] = z;
+    }
+  }
+  for (int c0 = 0; c0 < v.d; c0 += 16) {
+    if (v.d - c0 > 8) {
+      int_token_acc_tile8<R, 2>(v, p, zs, c0, acc);
+    } else {
+      int_token_acc_tile8<R, 1>(v, p, zs, c0, acc);
+    }
+  }
+}
+
+// ---- kIntChannel accumulate: per (row, channel) dots over tokens, 2 channels at a time --------
+
+template <int R>
+KVLAB_TARGET_AVX2 void int_channel_acc_rows8(const KvBlock& v, const float* p, float* acc) {
+  const int n = v.n, d = v.d;
+  const int64_t sb = packed_bytes(n, v.bits);
+  float psum[R];
+  for (int r = 0; r < R; ++r) {
+    __m256 sv = _mm256_setzero_ps();
+    for (int j = 0; j < n; j += 8) sv = _mm256_add_ps(sv, _mm256_maskload_ps(p + r * n + j, tail_mask8(n - j)));
+    psum[r] = hsum8(sv);
+  }
+  for (int c0 = 0; c0 < d; c0 += 2) {
+    const int CC = std::min(2, d - c0);
+    __m256 dots[2][R];
+    KVLAB_UNROLL
+    for (int cc = 0; cc < 2; ++cc) {
+      KVLAB_UNROLL
+      for (int r = 0; r < R; ++r) dots[cc][r] = _mm256_setzero_ps();
+    }
+    for (int j = 0; j < n; j += 8) {
+      const __m256i m = tail_mask8(n - j);
+      __m256 pv[R];
+      KVLAB_UNROLL
+      for (int r = 0; r < R; ++r) pv[r] = _mm256_maskload_ps(p + r * n + j, m);
+      KVLAB_UNROLL
+      for (int cc = 0; cc < 2; ++cc) {
+        if (cc >= CC) break;
+        const __m256 code = codes8(v.data + (c0 + cc) * v.stride, j, v.bits, sb);
+        KVLAB_UNROLL
+        for (int r = 0; r < R; ++r) dots[cc][r] = _mm256_fmadd_ps(pv[r], code, dots[cc][r]);
+      }
+    }
+    __m256 w[8];
+    KVLAB_UNROLL
+    for (int i = 0; i < 8; ++i) w[i] = _mm256_setzero_ps();
+    KVLAB_UNROLL
+    for (int cc = 0; cc < 2; ++cc) {
+      KVLAB_UNROLL
+      for (int r = 0; r < R; ++r) w[4 * cc + r] = dots[cc][r];
+    }
+    alignas(32) float out[8];  // out[4cc + r]
+    _mm256_store_ps(out, reduce8(w));
+    for (int cc = 0; cc < CC; ++cc) {
+      const float sc = _cvtsh_ss(v.scale[c0 + cc]), zr = _cvtsh_ss(v.zero[c0 + cc]);
+      for (int r = 0; r < R; ++r) acc[r * d + c0 + cc] += std::fma(out[4 * cc + r], sc, psum[r] * zr);
+    }
+  }
+}
+
+KVLAB_TARGET_AVX2 void scores_avx2(const KvBlock& k, const float* q, int rows, float* s) {
+  switch (k.format) {
+    case KvFormat::kF32: return dense_scores8<KvFormat::kF32>(k.data, k.stride, k.scale, k.n, k.d, q, rows, s);
+    case KvFormat::kF16: return dense_scores8<KvFormat::kF16>(k.data, k.stride, k.scale, k.n, k.d, q, rows, s);
+    case KvFormat::kBF16: return dense_scores8<KvFormat::kBF16>(k.data, k.stride, k.scale, k.n, k.d, q, rows, s);
+    case KvFormat::kFp8: return dense_scores8<KvFormat::kFp8>(k.data, k.stride, k.scale, k.n, k.d, q, rows, s);
+    case KvFormat::kIntToken: return int_token_scores8(k, q, rows, s);
+    case KvFormat::kIntChannel:
+      for (int r0 = 0; r0 < rows; r0 += 4) {
+        const float* qr = q + int64_t(r0) * k.d;
+        float* sr = s + int64_t(r0) * k.n;
+        with_rows(rows - r0, [&]<int R>() { int_channel_scores_rows8<R>(k, qr, sr); });
+      }
+      return;
+  }
+}
+
+KVLAB_TARGET_AVX2 void accumulate_avx2(const KvBlock& v, const float* p, int rows, float* acc) {
+  switch (v.format) {
+    case KvFormat::kF32: return dense_acc8<KvFormat::kF32>(v, p, rows, acc);
+    case KvFormat::kF16: return dense_acc8<KvFormat::kF16>(v, p, rows, acc);
+    case KvFormat::kBF16: return dense_acc8<KvFormat::kBF16>(v, p, rows, acc);
+    case KvFormat::kFp8: return dense_acc8<KvFormat::kFp8>(v, p, rows, acc);
+    default: break;
+  }
+  for (int r0 = 0; r0 < rows; r0 += 4) {
+    const float* pr = p + int64_t(r0) * v.n;
+    float* ar = acc + int64_t(r0) * v.d;
+    if (v.format == KvFormat::kIntChannel) {
+      with_rows(rows - r0, [&]<int R>() { int_channel_acc_rows8<R>(v, pr, ar); });
+    } else {
+      with_rows(rows - r0, [&]<int R>() { int_token_acc_rows8<R>(v, pr, ar); });
+    }
+  }
+}
 #endif  // KVLAB_X86
 
 }  // namespace
@@ -947,6 +1503,7 @@ void kv_scores_isa(Isa isa, const KvBlock& k, const float* q, int rows, float* s
 #ifdef KVLAB_X86
   if (k.d <= kMaxSimdD) {
     if (isa == Isa::kAvx512) return scores_avx512(k, q, rows, s);
+    if (isa == Isa::kAvx2) return scores_avx2(k, q, rows, s);
   }
 #endif
   scores_scalar(k, q, rows, s);
@@ -957,6 +1514,7 @@ void kv_accumulate_isa(Isa isa, const KvBlock& v, const float* p, int rows, floa
 #ifdef KVLAB_X86
   if (v.d <= kMaxSimdD) {
     if (isa == Isa::kAvx512) return accumulate_avx512(v, p, rows, acc);
+    if (isa == Isa::kAvx2) return accumulate_avx2(v, p, rows, acc);
   }
 #endif
   accumulate_scalar(v, p, rows, acc);

@@ -194,7 +194,7 @@ class TieredPolicy final : public Policy {
       sl.sink.push(k, v);
       return;
     }
-    if (cfg_.overflow == TieredConfig::Overflow::kDrop && sl.recent.size() == sl.recent.capacity()) {
+    if (cfg_.overflow == TieredConfig::Overflow::kDrop && sl.recent.size() == cfg_.recent) {
       sl.recent.pop_front(1);
     }
     sl.recent.push(k, v);
