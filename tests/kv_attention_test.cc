@@ -1,7 +1,8 @@
 // Validator for the fused packed-block kernels of kernels/cpu/kv_attention.h.
 //
-// Blocks are packed here by a small writer that follows kernels/cpu/kv_format.h, and read back by
-// an independent reference reader (double precision). Every ISA the CPU supports is checked:
+// Blocks are packed by the library's writers (kernels/cpu/kv_quantize.h) and read back by an
+// independent reference reader of kernels/cpu/kv_format.h in double precision (itself checked
+// against dequantize_block). Every ISA the CPU supports is checked:
 //   1. accuracy: kv_scores / kv_accumulate against sum_c q * K(j, c) and acc + sum_j p * V(j, c)
 //      computed in double from the SAME packed bytes, for every format and bit width, on awkward
 //      shapes; the budget is the f32 rounding of the kernel's own sums (see f32_budget());
@@ -23,6 +24,7 @@
 #include "base/half.h"
 #include "kernels/cpu/cpu_features.h"
 #include "kernels/cpu/kv_format.h"
+#include "kernels/cpu/kv_quantize.h"
 #include "kernels/cpu/softmax.h"
 
 namespace kvlab {
@@ -57,19 +59,6 @@ double e4m3_ref(uint8_t b) {
   return (b & 0x80) ? -v : v;
 }
 
-// Nearest e4m3 by exhaustive search (test code: clarity over speed).
-uint8_t e4m3_from(double x) {
-  uint8_t best = 0;
-  double best_err = std::numeric_limits<double>::infinity();
-  for (int b = 0; b < 256; ++b) {
-    const double v = e4m3_ref(uint8_t(b));
-    if (std::isnan(v)) continue;
-    const double err = std::fabs(v - x);
-    if (err < best_err) best_err = err, best = uint8_t(b);
-  }
-  return best;
-}
-
 uint32_t read_code(const uint8_t* p, int64_t i, int bits) {
   uint32_t v = 0;
   for (int b = 0; b < bits; ++b) {
@@ -77,29 +66,6 @@ uint32_t read_code(const uint8_t* p, int64_t i, int bits) {
     v |= uint32_t((p[bit / 8] >> (bit % 8)) & 1) << b;
   }
   return v;
-}
-
-void write_code(uint8_t* p, int64_t i, int bits, uint32_t code) {
-  for (int b = 0; b < bits; ++b) {
-    const int64_t bit = i * bits + b;
-    p[bit / 8] = uint8_t((p[bit / 8] & ~(1u << (bit % 8))) | (((code >> b) & 1u) << (bit % 8)));
-  }
-}
-
-// Min-max asymmetric quantization of `count` values x[i * step] into codes at `out`: the writer of
-// kv_format.h (f16 scale and zero, codes from them).
-void quantize_group(const float* x, int count, int64_t step, int bits, uint8_t* out, uint16_t* scale,
-                    uint16_t* zero) {
-  float lo = x[0], hi = x[0];
-  for (int i = 1; i < count; ++i) lo = std::min(lo, x[i * step]), hi = std::max(hi, x[i * step]);
-  const int levels = (1 << bits) - 1;
-  *zero = f32_to_f16(lo);
-  *scale = f32_to_f16((hi - lo) / float(levels));
-  const double z = f16_to_f32(*zero), s = f16_to_f32(*scale);
-  for (int i = 0; i < count; ++i) {
-    const double c = s > 0 ? std::nearbyint((x[i * step] - z) / s) : 0.0;
-    write_code(out, i, bits, uint32_t(std::clamp(c, 0.0, double(levels))));
-  }
 }
 
 struct Format {
@@ -137,48 +103,17 @@ Packed pack(const Format& f, const float* x, int n, int d, int pad = 3) {
     p.data.assign(size_t(b.stride * d), 0xa5);
     p.scale.resize(d);
     p.zero.resize(d);
-    for (int c = 0; c < d; ++c) {
-      quantize_group(x + c, n, d, f.bits, p.data.data() + c * b.stride, &p.scale[c], &p.zero[c]);
-    }
-  } else if (f.format == KvFormat::kIntToken) {
-    const int groups = d / b.group;
-    b.stride = packed_bytes(d, f.bits) + pad;
-    p.data.assign(size_t(b.stride * n), 0xa5);
-    p.scale.resize(size_t(n) * groups);
-    p.zero.resize(size_t(n) * groups);
-    std::vector<uint8_t> tmp(size_t(packed_bytes(b.group, f.bits)) + 1);
-    for (int j = 0; j < n; ++j) {
-      uint8_t* row = p.data.data() + j * b.stride;
-      std::fill(row, row + packed_bytes(d, f.bits), 0);
-      for (int g = 0; g < groups; ++g) {
-        std::fill(tmp.begin(), tmp.end(), 0);
-        quantize_group(x + j * d + g * b.group, b.group, 1, f.bits, tmp.data(), &p.scale[j * groups + g],
-                       &p.zero[j * groups + g]);
-        for (int i = 0; i < b.group; ++i) write_code(row, g * b.group + i, f.bits, read_code(tmp.data(), i, f.bits));
-      }
-    }
+    quantize_channels(f.bits, x, n, d, d, p.data.data(), b.stride, p.scale.data(), p.zero.data());
   } else {
-    const int64_t es = element_bytes(f.format);
-    b.stride = es * d + pad;
+    const int per_token = f.format == KvFormat::kIntToken ? d / b.group : (f.format == KvFormat::kFp8 ? 1 : 0);
+    b.stride = (f.format == KvFormat::kIntToken ? packed_bytes(d, f.bits) : element_bytes(f.format) * d) + pad;
     p.data.assign(size_t(b.stride * n), 0xa5);
-    if (f.format == KvFormat::kFp8) p.scale.resize(n);
+    p.scale.resize(size_t(n) * per_token);
+    p.zero.resize(f.format == KvFormat::kIntToken ? size_t(n) * per_token : 0);
     for (int j = 0; j < n; ++j) {
-      uint8_t* row = p.data.data() + j * b.stride;
-      float amax = 0.0f;
-      for (int c = 0; c < d; ++c) amax = std::max(amax, std::fabs(x[j * d + c]));
-      if (f.format == KvFormat::kFp8) p.scale[j] = f32_to_f16(amax / 448.0f);
-      const double s8 = f.format == KvFormat::kFp8 ? f16_to_f32(p.scale[j]) : 1.0;
-      for (int c = 0; c < d; ++c) {
-        const float v = x[j * d + c];
-        if (f.format == KvFormat::kF32) {
-          std::memcpy(row + 4 * c, &v, 4);
-        } else if (f.format == KvFormat::kF16 || f.format == KvFormat::kBF16) {
-          const uint16_t h = f.format == KvFormat::kF16 ? f32_to_f16(v) : f32_to_bf16(v);
-          std::memcpy(row + 2 * c, &h, 2);
-        } else {
-          row[c] = s8 > 0 ? e4m3_from(v / s8) : 0;
-        }
-      }
+      quantize_token(f.format, f.bits, b.group, x + j * d, d, p.data.data() + j * b.stride,
+                     per_token ? p.scale.data() + j * per_token : nullptr,
+                     p.zero.empty() ? nullptr : p.zero.data() + j * per_token);
     }
   }
   b.data = p.data.data();
@@ -247,7 +182,7 @@ double score_bound(Isa isa, const KvBlock& k, const float* q, int j) {
     terms += std::fabs(q[c]) * (std::fabs(t.main) + std::fabs(t.zero));
   }
   double bound = f32_budget(k.d, terms);
-  if (kv_scores_quantize_query(isa, k)) {
+  if (kv_scores_quantize_query(isa, k) && k.format == KvFormat::kIntChannel) {
     const double m = ((1 << k.bits) - 1) / 2.0;
     double qmax = 0, qsum = 0, centred = 0;
     for (int c = 0; c < k.d; ++c) {
@@ -257,6 +192,20 @@ double score_bound(Isa isa, const KvBlock& k, const float* q, int j) {
       centred += std::fabs(double(read_code(k.data + c * k.stride, j, k.bits)) - m);
     }
     const double qs = qmax / 127 * (1 + 1e-6);  // the kernel's f32 qs may round up
+    bound += qs / 2 * centred + f32_budget(k.d, m * qsum);
+  } else if (kv_scores_quantize_query(isa, k)) {
+    // kIntToken: q itself is quantized (qs = max|q| / 127); the scale of token j's group
+    // multiplies each channel's error: |error| <= (qs / 2) sum_c scale[j, g(c)] |code(j, c) - m|.
+    const double m = ((1 << k.bits) - 1) / 2.0;
+    const int groups = k.d / k.group;
+    double qmax = 0, qsum = 0, centred = 0;
+    for (int c = 0; c < k.d; ++c) qmax = std::max(qmax, std::fabs(double(q[c])));
+    for (int c = 0; c < k.d; ++c) {
+      const double sc = f16_to_f32(k.scale[j * groups + c / k.group]);
+      qsum += std::fabs(double(q[c])) * sc;
+      centred += sc * std::fabs(double(read_code(k.data + j * k.stride, c, k.bits)) - m);
+    }
+    const double qs = qmax / 127 * (1 + 1e-6);
     bound += qs / 2 * centred + f32_budget(k.d, m * qsum);
   }
   return bound;
@@ -350,12 +299,12 @@ std::string case_name(const ::testing::TestParamInfo<Case>& info) {
 TEST_P(KvKernelTest, ScoresMatchReference) {
   const Case& cs = GetParam();
   Rng rng(11);
+  double worst = 0;  // largest error / budget seen (how tight the budget is)
   for (int d : {8, 17, 64, 128}) {
     for (int group : cs.format.format == KvFormat::kIntToken ? groups_for(d) : std::vector<int>{0}) {
-      if (cs.format.format == KvFormat::kIntToken && d == 17 && group == 0) group = 0;
       Format f = cs.format;
       f.group = group;
-      for (int n : {1, 17, 97, 128}) {
+      for (int n : {1, 17, 97, 128, 300}) {
         const std::vector<float> x = kv_like(rng, n, d);
         const Packed p = pack(f, x.data(), n, d);
         for (int rows : {1, 2, 3, 4, 8}) {
@@ -367,6 +316,7 @@ TEST_P(KvKernelTest, ScoresMatchReference) {
               double ref = 0;
               for (int c = 0; c < d; ++c) ref += double(q[r * d + c]) * value(p.block, j, c);
               const double budget = score_bound(cs.isa, p.block, q.data() + r * d, j);
+              worst = std::max(worst, std::fabs(s[r * n + j] - ref) / budget);
               ASSERT_LE(std::fabs(s[r * n + j] - ref), budget)
                   << format_name(f) << " d=" << d << " n=" << n << " rows=" << rows << " r=" << r << " j=" << j
                   << " got " << s[r * n + j] << " want " << ref;
@@ -376,16 +326,19 @@ TEST_P(KvKernelTest, ScoresMatchReference) {
       }
     }
   }
+  RecordProperty("max_error_over_budget", std::to_string(worst));
+  std::printf("%s scores: max error / budget %.3f\n", case_name({GetParam(), 0}).c_str(), worst);
 }
 
 TEST_P(KvKernelTest, AccumulateMatchesReference) {
   const Case& cs = GetParam();
   Rng rng(12);
+  double worst = 0;
   for (int d : {8, 17, 64, 128}) {
     for (int group : cs.format.format == KvFormat::kIntToken ? groups_for(d) : std::vector<int>{0}) {
       Format f = cs.format;
       f.group = group;
-      for (int n : {1, 17, 97, 128}) {
+      for (int n : {1, 17, 97, 128, 300}) {
         const std::vector<float> x = kv_like(rng, n, d);
         const Packed p = pack(f, x.data(), n, d);
         for (int rows : {1, 2, 3, 4, 8}) {
@@ -399,6 +352,7 @@ TEST_P(KvKernelTest, AccumulateMatchesReference) {
               double ref = acc0[r * d + c];
               for (int j = 0; j < n; ++j) ref += double(pr[r * n + j]) * value(p.block, j, c);
               const double budget = acc_bound(cs.isa, p.block, pr.data() + r * n, acc0[r * d + c], c);
+              worst = std::max(worst, std::fabs(acc[r * d + c] - ref) / budget);
               ASSERT_LE(std::fabs(acc[r * d + c] - ref), budget)
                   << format_name(f) << " d=" << d << " n=" << n << " rows=" << rows << " r=" << r << " c=" << c
                   << " got " << acc[r * d + c] << " want " << ref;
@@ -408,6 +362,8 @@ TEST_P(KvKernelTest, AccumulateMatchesReference) {
       }
     }
   }
+  RecordProperty("max_error_over_budget", std::to_string(worst));
+  std::printf("%s accumulate: max error / budget %.3f\n", case_name({GetParam(), 0}).c_str(), worst);
 }
 
 // Rows computed together equal rows computed one at a time, bit for bit.
@@ -441,6 +397,107 @@ TEST_P(KvKernelTest, BatchInvariant) {
 }
 
 INSTANTIATE_TEST_SUITE_P(AllIsasAndFormats, KvKernelTest, ::testing::ValuesIn(all_cases()), case_name);
+
+// The reference reader agrees with the library's dequantize_block (which rounds code * scale +
+// zero to f32 once: within 2^-24 of (|code * scale| + |zero|), plus the f32 rounding of the sum).
+TEST(KvReference, ReaderMatchesDequantizeBlock) {
+  Rng rng(21);
+  for (const Format& f0 : all_formats()) {
+    for (int d : {17, 64}) {
+      Format f = f0;
+      if (f.format == KvFormat::kIntToken && d == 64) f.group = 32;
+      const int n = 37;
+      const std::vector<float> x = kv_like(rng, n, d);
+      const Packed p = pack(f, x.data(), n, d);
+      std::vector<float> out(size_t(n) * d);
+      dequantize_block(p.block, out.data());
+      for (int j = 0; j < n; ++j) {
+        for (int c = 0; c < d; ++c) {
+          const Terms t = element(p.block, j, c);
+          ASSERT_LE(std::fabs(out[j * d + c] - (t.main + t.zero)), 2 * kU * (std::fabs(t.main) + std::fabs(t.zero)))
+              << format_name(f) << " j=" << j << " c=" << c;
+        }
+      }
+    }
+  }
+}
+
+// e4m3 0x7f / 0xff are NaN (kv_format.h): a score or value that reads one is NaN on every ISA.
+TEST(KvKernels, Fp8NanPropagates) {
+  const int n = 5, d = 24;
+  Rng rng(8);
+  const std::vector<float> x = kv_like(rng, n, d);
+  Packed p = pack({KvFormat::kFp8}, x.data(), n, d);
+  p.data[2 * p.block.stride + 7] = 0xff;  // token 2, channel 7
+  const std::vector<float> q = random_matrix(rng, 1, d);
+  std::vector<float> pr(n, 0.5f);
+  for (Isa isa : supported_isas()) {
+    std::vector<float> s(n), acc(d, 0.0f);
+    kv_scores_isa(isa, p.block, q.data(), 1, s.data());
+    kv_accumulate_isa(isa, p.block, pr.data(), 1, acc.data());
+    for (int j = 0; j < n; ++j) EXPECT_EQ(std::isnan(s[j]), j == 2) << isa_name(isa) << " j=" << j;
+    for (int c = 0; c < d; ++c) EXPECT_EQ(std::isnan(acc[c]), c == 7) << isa_name(isa) << " c=" << c;
+  }
+}
+
+// Where the AVX-512 VNNI paths quantize the query (keys) or the probabilities (values) to 8 bits,
+// that error must stay well below the format's own quantization error. On keys and values with
+// an outlier channel (kv_like), the RMS error of the fused result against the exact product of
+// the SAME packed data (the operand quantization) is compared with the RMS error of that exact
+// product against the original floats (the format's own error). Asserted: ratio < 1/4 in RMS
+// (the derivation in kv_attention.h gives about 1/10 for 4-bit keys and uniform codes).
+TEST(KvKernels, OperandQuantizationWellBelowFormatError) {
+  if (std::find(supported_isas().begin(), supported_isas().end(), Isa::kAvx512) == supported_isas().end()) {
+    GTEST_SKIP() << "no AVX-512";
+  }
+  const int n = 128, d = 128, rows = 4;
+  for (const Format& f : std::vector<Format>{{KvFormat::kIntChannel, 2}, {KvFormat::kIntChannel, 3},
+                                              {KvFormat::kIntChannel, 4}, {KvFormat::kIntToken, 2, 32},
+                                              {KvFormat::kIntToken, 4, 32}, {KvFormat::kIntToken, 4, 128}}) {
+    double op_keys = 0, fmt_keys = 0, op_vals = 0, fmt_vals = 0;
+    bool keys_q = false, vals_q = false;
+    for (int trial = 0; trial < 8; ++trial) {
+      Rng rng(100 + trial);
+      const std::vector<float> x = kv_like(rng, n, d);
+      const Packed p = pack(f, x.data(), n, d);
+      keys_q = kv_scores_quantize_query(Isa::kAvx512, p.block);
+      vals_q = kv_accumulate_quantize_probs(Isa::kAvx512, p.block);
+      const std::vector<float> q = random_matrix(rng, rows, d, 0.3f);
+      std::vector<float> s(size_t(rows) * n);
+      kv_scores_isa(Isa::kAvx512, p.block, q.data(), rows, s.data());
+      // Softmax-like probabilities: a few large, most small.
+      std::vector<float> pr(size_t(rows) * n);
+      for (float& v : pr) v = std::exp(4.0f * rng.uniform() - 4.0f);
+      std::vector<float> acc(size_t(rows) * d, 0.0f);
+      kv_accumulate_isa(Isa::kAvx512, p.block, pr.data(), rows, acc.data());
+      for (int r = 0; r < rows; ++r) {
+        for (int j = 0; j < n; ++j) {
+          double packed = 0, orig = 0;
+          for (int c = 0; c < d; ++c) {
+            packed += double(q[r * d + c]) * value(p.block, j, c);
+            orig += double(q[r * d + c]) * x[j * d + c];
+          }
+          op_keys += (s[r * n + j] - packed) * (s[r * n + j] - packed);
+          fmt_keys += (packed - orig) * (packed - orig);
+        }
+        for (int c = 0; c < d; ++c) {
+          double packed = 0, orig = 0;
+          for (int j = 0; j < n; ++j) {
+            packed += double(pr[r * n + j]) * value(p.block, j, c);
+            orig += double(pr[r * n + j]) * x[j * d + c];
+          }
+          op_vals += (acc[r * d + c] - packed) * (acc[r * d + c] - packed);
+          fmt_vals += (packed - orig) * (packed - orig);
+        }
+      }
+    }
+    const double rk = std::sqrt(op_keys / fmt_keys), rv = std::sqrt(op_vals / fmt_vals);
+    std::printf("%-16s keys: operand/format RMS error %.4f%s   values: %.4f%s\n", format_name(f).c_str(), rk,
+                keys_q ? "" : " (f32 path)", rv, vals_q ? "" : " (f32 path)");
+    EXPECT_LT(rk, 0.25) << format_name(f);
+    EXPECT_LT(rv, 0.25) << format_name(f);
+  }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Whole contexts: blocks of 128 tokens through scores, online softmax and accumulate, against a

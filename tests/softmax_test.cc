@@ -147,11 +147,24 @@ TEST_P(SoftmaxTest, OnlineEqualsOneShot) {
           double den = 0;
           std::vector<double> w(total);
           for (int j = 0; j < total; ++j) den += (w[j] = std::exp(double(s[r * total + j]) - mx));
-          EXPECT_NEAR(l[r], den, 1e-5 * den);
+          // Each probability is exp(s - m) of the f32 difference (rounding u |s - m|) within
+          // 1.2 ulp (< 2^-22 relative), times at most `blocks` rescale factors, each within 2^-22
+          // and rounded once more (u): relative error eta per weight. l adds the sums' rounding
+          // (u per term and block). o = acc / l moves by at most eta / (1 - eta) max|v - o|
+          // plus the f32 roundings of acc (u per block) and of the division.
+          const int blocks = (total + block - 1) / block;
+          double smax = 0;
+          for (int j = 0; j < total; ++j) smax = std::max(smax, std::fabs(double(s[r * total + j]) - mx));
+          const double u = std::ldexp(1.0, -24);
+          const double eta = 2 * u * smax + (blocks + 1) * (std::ldexp(1.0, -22) + u);
+          EXPECT_NEAR(l[r], den, (eta + (total + blocks + 2) * u) * den);
           for (int c = 0; c < d; ++c) {
-            double num = 0;
+            double num = 0, vdev = 0;
             for (int j = 0; j < total; ++j) num += w[j] * v[j * d + c];
-            EXPECT_NEAR(acc[r * d + c] / l[r], num / den, 1e-5);
+            for (int j = 0; j < total; ++j) vdev = std::max(vdev, std::fabs(v[j * d + c] - num / den));
+            const double o = num / den;
+            const double budget = eta / (1 - eta) * vdev + (total + blocks + 4) * u * (std::fabs(o) + vdev) + (blocks + 2) * u;
+            EXPECT_NEAR(acc[r * d + c] / l[r], o, budget);
           }
         }
       }

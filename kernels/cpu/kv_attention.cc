@@ -1,5 +1,49 @@
-// Fused scores / value accumulation over packed K/V blocks (see kv_attention.h).
-// (The design notes and measured figures are in kv_attention.h.)
+// Fused scores / value accumulation over packed K/V blocks (see kv_attention.h): scalar reference,
+// AVX2 and AVX-512 (+ VNNI / VBMI integer paths), dispatched per call.
+//
+// Batch invariance comes from one rule, as in matmul.cc: every output element has exactly one
+// sequence of operations per ISA, and the row chunk (4 rows), token tile or channel tile an
+// output lands in only decides which independent outputs run side by side. The sequences:
+//
+//   scalar    one float accumulator per output, terms in index order, products and sums rounded
+//             separately (kIntChannel keys: (q * scale) * code per channel, then + sum q * zero;
+//             kIntToken values: (p * scale) * code per token, then + the group's sum p * zero).
+//   dense scores (AVX-512 / AVX2)   one 16 / 8-lane fma accumulator per (row, token) over the
+//             channels (masked tail), then the fixed lane tree (i + i+8, + i+4, + i+2, + i+1 /
+//             i + i+4, + i+2, + i+1); fp8: times scale * 256 at the end (e4m3 is decoded through
+//             its f16 bit pattern, 2^-8 of its value). Tiles of 4 tokens i, i + n/4, i + n/2,
+//             i + 3n/4: four long sequential streams through the block for the prefetchers.
+//   dense accumulate   acc[r, c] = fma(p[r, j] (* fp8 scale * 256), V(j, c), acc[r, c]) for
+//             j ascending, in registers over tiles of 4 rows x 64 / 32 channels.
+//   kIntChannel scores, f32   lanes = tokens: fma(q[c] * scale[c], code, acc) for c ascending,
+//             then + z, z = fma chain of q[c] * zero[c] (AVX-512 without VNNI, 8-bit, AVX2).
+//   kIntToken accumulate, f32   lanes = channels: fma(p * scale[j, g], code, acc) for j
+//             ascending, then + the fma chain of p * zero[j, g] over j.
+//   kIntToken scores (no VNNI path) / kIntChannel accumulate   tokens dequantized to a stack
+//             tile (fma(code, scale, zero), exact product) then the dense dots / per-channel dots
+//             over the tokens with the lane tree.
+//   VNNI paths   integer sums (exact), one conversion and fma per output (bounds in the header).
+//
+// Integer paths. Codes are expanded to bytes with vpermb + vpmultishiftqb + and (2, 3, 4 bits
+// alike, 64 codes per three instructions) in an order chosen so that interleaving four streams
+// (unpack epi8, then epi16) gives dwords holding the four streams' code of one output in natural
+// order; vpdpbusd then adds four products per lane: kIntChannel keys take four channels of a
+// token per lane against four int8 query bytes, kIntToken values four tokens of a channel
+// against four uint8 probabilities. kIntToken keys expand each token row in natural order and
+// reduce 4 tokens x 2 vectors of partial sums with one transposing network.
+//
+// Measured on 2 cores of an AMD EPYC Zen 4 (3.65 GHz, VM shared with other jobs; fastest runs).
+// Cycles per block of 128 tokens x d = 128, 4 query rows, data in L1 (scores / accumulate):
+//   f32 6100 / 4300, f16 and bf16 7000 / 4900, fp8 9900 / 8300 (f32 FMA bound: 4096 / 4096);
+//   int4 and int2 KIVI (kIntChannel keys / kIntToken values) 2300 / 2700 (group 128), 3700
+//   (group 32); kIntToken keys (quant, d = 128) 4500; 8-bit integer formats ~9000 / ~13000;
+//   online softmax of the block ~700.
+// Decode attention over a 32K context, Llama-3-8B heads (8 kv heads x 4 query rows, d = 128),
+// blocks of 128 tokens, a kv head's blocks contiguous, 2 threads, STREAM read 36 GB/s (harness in
+// the report): f32 13.3 ms (55% of STREAM), f16 5.3-5.9 ms (63-70%), int4 2.8 ms, int2 2.0 ms:
+// int4 4.8x faster than f32, 1.9-2.1x than f16. Below STREAM because a core keeps only ~24
+// demand misses in flight (~12 GB/s here) and every block starts its streams cold; 32-token
+// blocks interleaved with the other heads' (a page per 32 tokens) cost f16 another 40%.
 #include "kernels/cpu/kv_attention.h"
 
 #include <algorithm>
@@ -7,7 +51,6 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
-#include <cstdlib>
 
 #include "base/check.h"
 #include "base/half.h"
@@ -251,17 +294,18 @@ KVLAB_TARGET_AVX512 inline float h2f_avx512(uint16_t h) {
   return _mm_cvtss_f32(_mm512_castps512_ps128(_mm512_cvtph_ps(_mm256_set1_epi16(short(h)))));
 }
 
-// e4m3 bytes -> f32: the 7 magnitude bits placed at the top of an f32 mantissa/exponent give
-// the value times 2^-120 (normal and subnormal alike), so one exact multiply rescales; 0x7f is
-// NaN.
+// e4m3 bytes -> f32 times 2^-8, exact: the e4m3 bits moved into an f16 (sign to bit 15, the 7
+// magnitude bits to bits 13..7) are the same number with exponent bias 15 instead of 7, normal
+// and subnormal alike; vcvtph2ps widens. 0x7f / 0xff become the f16 NaN. The kernels fold the
+// 2^8 into the per-token scale (exact).
+constexpr float kE4m3Unscale = 256.0f;
+
 KVLAB_TARGET_AVX512 inline __m512 e4m3_to_ps_avx512(__m128i bytes) {
-  const __m512i x = _mm512_cvtepu8_epi32(bytes);
-  const __m512i mag = _mm512_and_si512(x, _mm512_set1_epi32(0x7f));
-  const __m512i bits = _mm512_or_si512(_mm512_slli_epi32(mag, 20),
-                                       _mm512_slli_epi32(_mm512_and_si512(x, _mm512_set1_epi32(0x80)), 24));
-  const __m512 v = _mm512_mul_ps(_mm512_castsi512_ps(bits), _mm512_set1_ps(0x1p120f));
-  const __mmask16 nan = _mm512_cmpeq_epi32_mask(mag, _mm512_set1_epi32(0x7f));
-  return _mm512_mask_mov_ps(v, nan, _mm512_set1_ps(std::numeric_limits<float>::quiet_NaN()));
+  __m256i w = _mm256_slli_epi16(_mm256_cvtepu8_epi16(bytes), 8);  // s mmmmmmm 0...
+  w = _mm256_and_si256(_mm256_srai_epi16(w, 1), _mm256_set1_epi16(short(0xbfff)));
+  const __m256i mag = _mm256_set1_epi16(0x3f80);
+  const __mmask16 nan = _mm256_cmpeq_epi16_mask(_mm256_and_si256(w, mag), mag);
+  return _mm512_cvtph_ps(_mm256_mask_mov_epi16(w, nan, _mm256_set1_epi16(0x7e00)));
 }
 
 // Channels c .. c+15 of a dense token row as f32 (lanes outside `m` are 0 and not read).
@@ -341,7 +385,7 @@ inline void with_rows(int rows, F&& f) {
 
 template <KvFormat F, int R, int T>
 KVLAB_TARGET_AVX512 void dense_scores_tile16(const uint8_t* data, int64_t stride, const uint16_t* scale,
-                                             int j0, const float* q, int d, float* s, int n) {
+                                             int j0, const float* q, int d, float* s, int n, int js = 1) {
   __m512 acc[R][T];
   KVLAB_UNROLL
   for (int r = 0; r < R; ++r) {
@@ -350,7 +394,7 @@ KVLAB_TARGET_AVX512 void dense_scores_tile16(const uint8_t* data, int64_t stride
   }
   const uint8_t* rows[T];
   KVLAB_UNROLL
-  for (int t = 0; t < T; ++t) rows[t] = data + (j0 + t) * stride;
+  for (int t = 0; t < T; ++t) rows[t] = data + (j0 + t * js) * stride;
   for (int c = 0; c < d; c += 16) {
     const __mmask16 m = mask16(d - c);
     __m512 kv[T];
@@ -373,22 +417,31 @@ KVLAB_TARGET_AVX512 void dense_scores_tile16(const uint8_t* data, int64_t stride
   }
   __m512 sums = reduce16(v);  // lane 4r + t: row r, token t
   if constexpr (F == KvFormat::kFp8) {
-    const __m128i h = _mm_maskz_loadu_epi16(__mmask8((1u << T) - 1), scale + j0);
-    sums = _mm512_mul_ps(sums, _mm512_broadcast_f32x4(_mm512_castps512_ps128(_mm512_cvtph_ps(_mm256_castsi128_si256(h)))));
+    alignas(16) uint16_t h[8] = {};
+    KVLAB_UNROLL
+    for (int t = 0; t < T; ++t) h[t] = scale[j0 + t * js];
+    const __m128i hv = _mm_load_si128(reinterpret_cast<const __m128i*>(h));
+    const __m512 sc = _mm512_broadcast_f32x4(_mm512_castps512_ps128(_mm512_cvtph_ps(_mm256_castsi128_si256(hv))));
+    sums = _mm512_mul_ps(sums, _mm512_mul_ps(sc, _mm512_set1_ps(kE4m3Unscale)));
   }
   alignas(64) float out[16];
   _mm512_store_ps(out, sums);
   KVLAB_UNROLL
   for (int r = 0; r < R; ++r) {
     KVLAB_UNROLL
-    for (int t = 0; t < T; ++t) s[r * n + j0 + t] = out[4 * r + t];
+    for (int t = 0; t < T; ++t) s[r * n + j0 + t * js] = out[4 * r + t];
   }
 }
 
 template <KvFormat F, int R>
 KVLAB_TARGET_AVX512 void dense_scores_rows16(const uint8_t* data, int64_t stride, const uint16_t* scale,
                                              int n, const float* q, int d, float* s) {
+  // Four long streams: tile i takes tokens i, i + n/4, i + n/2, i + 3n/4 (the hardware
+  // prefetchers follow four long sequential streams; four adjacent rows per tile are short ones).
+  const int quarter = n / 4;
+  for (int i = 0; i < quarter; ++i) dense_scores_tile16<F, R, 4>(data, stride, scale, i, q, d, s, n, quarter);
   int j = 0;
+  j = 4 * quarter;
   for (; j + 4 <= n; j += 4) dense_scores_tile16<F, R, 4>(data, stride, scale, j, q, d, s, n);
   switch (n - j) {
     case 1: dense_scores_tile16<F, R, 1>(data, stride, scale, j, q, d, s, n); break;
@@ -427,7 +480,7 @@ KVLAB_TARGET_AVX512 void dense_acc_tile16(const KvBlock& v, const float* p, int 
     __m512 vv[C];
     KVLAB_UNROLL
     for (int c = 0; c < C; ++c) vv[c] = load_dense16<F>(row, c0 + 16 * c, m[c]);
-    const float sc = F == KvFormat::kFp8 ? h2f_avx512(v.scale[j]) : 1.0f;
+    const float sc = F == KvFormat::kFp8 ? h2f_avx512(v.scale[j]) * kE4m3Unscale : 1.0f;
     KVLAB_UNROLL
     for (int r = 0; r < R; ++r) {
       const float pj = F == KvFormat::kFp8 ? p[r * n + j] * sc : p[r * n + j];
@@ -718,7 +771,7 @@ KVLAB_TARGET_AVX512 void int_channel_acc_rows16(const KvBlock& v, const float* p
 // tokens; vpdpbusd takes the four probabilities of four tokens against their four codes.
 
 constexpr int kVnniMaxTokens = 128;
-static int g_pf_dist = getenv("PFD") ? atoi(getenv("PFD")) : 0;
+
 
 // acc += vpdpbusd(u8 a, s8 b). Inline assembly: GCC 12 models the intrinsic as a three-operand
 // operation and surrounds every use with register copies of the accumulators.
@@ -788,10 +841,6 @@ KVLAB_TARGET_AVX512_VNNI void quantize_query(const KvBlock& k, const float* q, Q
 template <int R>
 KVLAB_TARGET_AVX512_VNNI void int_channel_scores_vnni_rows(const KvBlock& k, const float* q, float* s) {
   const int n = k.n, d = k.d, bits = k.bits;
-  if (getenv("KPF")) {
-    const int64_t total = (d - 1) * k.stride + packed_bytes(n, bits);
-    for (int64_t o = 0; o < total; o += 64) _mm_prefetch(reinterpret_cast<const char*>(k.data + o), _MM_HINT_T0);
-  }
   QuantQuery qq[R];
   KVLAB_UNROLL
   for (int r = 0; r < R; ++r) quantize_query(k, q + r * d, &qq[r]);
@@ -807,11 +856,6 @@ KVLAB_TARGET_AVX512_VNNI void int_channel_scores_vnni_rows(const KvBlock& k, con
       for (int kk = 0; kk < 4; ++kk) acc[r][kk] = _mm512_setzero_si512();
     }
     for (int c = 0; c < d; c += 4) {
-      if (t0 == 0 && g_pf_dist > 0) {
-        for (int cc = 0; cc < 4; ++cc) {
-          if (c + cc + g_pf_dist < d) _mm_prefetch(reinterpret_cast<const char*>(k.data + (c + cc + g_pf_dist) * k.stride), _MM_HINT_T0);
-        }
-      }
       __m512i y[4];
       KVLAB_UNROLL
       for (int cc = 0; cc < 4; ++cc) {
@@ -930,10 +974,6 @@ KVLAB_TARGET_AVX512_VNNI void int_token_acc_vnni_rows(const KvBlock& v, const fl
   const VnniTables& tb = vnni_tables(bits);
   const int64_t rb = packed_bytes(d, bits);
   QuantProbs qp[R];
-  if (getenv("KPF")) {
-    const int64_t total = (n - 1) * v.stride + rb;
-    for (int64_t o = 0; o < total; o += 64) _mm_prefetch(reinterpret_cast<const char*>(v.data + o), _MM_HINT_T0);
-  }
   for (int j0 = 0; j0 < n; j0 += kVnniMaxTokens) {
     const int nc = std::min(kVnniMaxTokens, n - j0);
     KVLAB_UNROLL
@@ -951,11 +991,6 @@ KVLAB_TARGET_AVX512_VNNI void int_token_acc_vnni_rows(const KvBlock& v, const fl
         for (int kk = 0; kk < 4; ++kk) a[r][kk] = _mm512_setzero_si512();
       }
       for (int j = 0; j < nc; j += 4) {
-        if (c0 == 0 && g_pf_dist > 0) {
-          for (int t = 0; t < 4; ++t) {
-            if (j + t + g_pf_dist < nc) _mm_prefetch(reinterpret_cast<const char*>(v.data + (j0 + j + t + g_pf_dist) * v.stride), _MM_HINT_T0);
-          }
-        }
         __m512i y[4];
         KVLAB_UNROLL
         for (int t = 0; t < 4; ++t) {
@@ -989,9 +1024,142 @@ KVLAB_TARGET_AVX512_VNNI void int_token_acc_vnni_rows(const KvBlock& v, const fl
   }
 }
 
+// Scores, kIntToken keys with d = 128 and group % 32 == 0 (the `quant` policy): the query is
+// quantized to int8 once per row (qs = max|q| / 127; the scales are per token and cannot be
+// folded into it), each token's codes expanded to natural byte order, and vpdpbusd gives
+// per-(row, token) partial sums of 4 channels per lane; a transposing reduction turns 4 tokens x
+// 2 vectors into the 16 integer sums S[t, h] over the channel quarters h (32 channels each).
+//   s[t] = sum_h (scale[t, g(h)] * (qs * S[t, h] + m * D[h]) + zero[t, g(h)] * Q[h])
+// D[h], Q[h]: the sums of q - qs * qi and of q over quarter h; the f32 sum over h is the tree
+// (h0 + h2) + (h1 + h3). Error: |s - exact| <= (qs / 2) sum_c scale[t, g(c)] |code(t, c) - m|.
+
+// Natural order: qword Q holds codes 8Q .. 8Q+7 (bytes Q * bits ..), byte e of it code 8Q + e.
+constexpr VnniTables make_natural_tables(int bits) {
+  VnniTables t{};
+  for (int q = 0; q < 8; ++q) {
+    for (int e = 0; e < 8; ++e) {
+      t.gather[8 * q + e] = uint8_t(std::min(q * bits + e, 63));
+      t.shift[8 * q + e] = uint8_t(e * bits);
+    }
+  }
+  return t;
+}
+constexpr VnniTables kNatural2 = make_natural_tables(2);
+constexpr VnniTables kNatural3 = make_natural_tables(3);
+constexpr VnniTables kNatural4 = make_natural_tables(4);
+
+struct TokenQuery {
+  __m512i q0, q1;  // qi of channels 0..63, 64..127 (natural order, int8)
+  float qs;
+  alignas(16) float d[4], qsum[4];  // per channel quarter
+};
+
+KVLAB_TARGET_AVX512_VNNI void quantize_token_query(const float* q, TokenQuery* out) {
+  __m512 v[8];
+  __m512 amax = _mm512_setzero_ps();
+  KVLAB_UNROLL
+  for (int i = 0; i < 8; ++i) {
+    v[i] = _mm512_loadu_ps(q + 16 * i);
+    amax = _mm512_max_ps(amax, _mm512_abs_ps(v[i]));
+  }
+  const float mx = _mm512_reduce_max_ps(amax);
+  const float qs = mx > 0.0f ? mx / 127.0f : 0.0f;
+  const float inv = mx > 0.0f ? 127.0f / mx : 0.0f;
+  __m128i b[8];
+  KVLAB_UNROLL
+  for (int h = 0; h < 4; ++h) {
+    __m512 dsum = _mm512_setzero_ps();
+    KVLAB_UNROLL
+    for (int i = 2 * h; i < 2 * h + 2; ++i) {
+      const __m512i qi = _mm512_cvt_roundps_epi32(_mm512_mul_ps(v[i], _mm512_set1_ps(inv)),
+                                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      dsum = _mm512_add_ps(dsum, _mm512_fnmadd_ps(_mm512_set1_ps(qs), _mm512_cvtepi32_ps(qi), v[i]));
+      b[i] = _mm512_cvtsepi32_epi8(qi);
+    }
+    out->d[h] = hsum16(dsum);
+    out->qsum[h] = hsum16(_mm512_add_ps(v[2 * h], v[2 * h + 1]));
+  }
+  const __m256i lo01 = _mm256_set_m128i(b[1], b[0]), lo23 = _mm256_set_m128i(b[3], b[2]);
+  const __m256i hi01 = _mm256_set_m128i(b[5], b[4]), hi23 = _mm256_set_m128i(b[7], b[6]);
+  out->q0 = _mm512_inserti64x4(_mm512_castsi256_si512(lo01), lo23, 1);
+  out->q1 = _mm512_inserti64x4(_mm512_castsi256_si512(hi01), hi23, 1);
+  out->qs = qs;
+}
+
+template <int R>
+KVLAB_TARGET_AVX512_VNNI void int_token_scores_vnni_rows(const KvBlock& k, const float* q, float* s) {
+  const int n = k.n, bits = k.bits, G = groups_of(k);
+  const VnniTables& tb = bits == 2 ? kNatural2 : (bits == 3 ? kNatural3 : kNatural4);
+  const __m512i gather = _mm512_load_si512(tb.gather), shift = _mm512_load_si512(tb.shift);
+  const __m512i cmask = _mm512_set1_epi8(char((1 << bits) - 1));
+  const int64_t rb = packed_bytes(128, bits);  // <= 64
+  const __mmask64 ma = mask64(std::min<int64_t>(8 * bits, rb)), mb = mask64(rb - 8 * bits);
+  const float m_half = float((1 << bits) - 1) * 0.5f;
+  TokenQuery tq[R];
+  KVLAB_UNROLL
+  for (int r = 0; r < R; ++r) quantize_token_query(q + r * 128, &tq[r]);
+  // Lane 4h + t of the scale / zero vectors: entry t * G + g(h) of the 4 tokens' 4G entries.
+  alignas(64) int32_t sidx[16];
+  for (int h = 0; h < 4; ++h) {
+    for (int t = 0; t < 4; ++t) sidx[4 * h + t] = t * G + (32 * h) / k.group;
+  }
+  const __m512i scale_idx = _mm512_load_si512(sidx);
+  __m512 md[R], qz[R];  // lane 4h + t: m * D[h], Q[h]
+  KVLAB_UNROLL
+  for (int r = 0; r < R; ++r) {
+    alignas(64) float a[16], b2[16];
+    for (int h = 0; h < 4; ++h) {
+      for (int t = 0; t < 4; ++t) a[4 * h + t] = m_half * tq[r].d[h], b2[4 * h + t] = tq[r].qsum[h];
+    }
+    md[r] = _mm512_load_ps(a);
+    qz[r] = _mm512_load_ps(b2);
+  }
+  for (int j = 0; j < n; j += 4) {
+    const int T = std::min(4, n - j);
+    __m512i A[4], B[4];
+    KVLAB_UNROLL
+    for (int t = 0; t < 4; ++t) {
+      if (t < T) {
+        const uint8_t* row = k.data + (j + t) * k.stride;
+        A[t] = _mm512_and_si512(_mm512_multishift_epi64_epi8(shift, _mm512_permutexvar_epi8(gather, _mm512_maskz_loadu_epi8(ma, row))), cmask);
+        B[t] = _mm512_and_si512(_mm512_multishift_epi64_epi8(shift, _mm512_permutexvar_epi8(gather, _mm512_maskz_loadu_epi8(mb, row + 8 * bits))), cmask);
+      } else {
+        A[t] = B[t] = _mm512_setzero_si512();
+      }
+    }
+    const __mmask16 em = mask16(4 * G > 16 ? 16 : std::min(4, T) * G);
+    const __m512 sc = _mm512_permutexvar_ps(scale_idx, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(em, k.scale + j * G)));
+    const __m512 zr = _mm512_permutexvar_ps(scale_idx, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(em, k.zero + j * G)));
+    KVLAB_UNROLL
+    for (int r = 0; r < R; ++r) {
+      __m512i c[4];
+      KVLAB_UNROLL
+      for (int t = 0; t < 4; ++t) {
+        __m512i pa = _mm512_setzero_si512(), pb = _mm512_setzero_si512();
+        dpbusd(pa, A[t], tq[r].q0);
+        dpbusd(pb, B[t], tq[r].q1);
+        c[t] = _mm512_add_epi32(_mm512_shuffle_i32x4(pa, pb, 0x88), _mm512_shuffle_i32x4(pa, pb, 0xdd));
+      }
+      const __m512i t0 = _mm512_unpacklo_epi32(c[0], c[1]), t1 = _mm512_unpackhi_epi32(c[0], c[1]);
+      const __m512i t2 = _mm512_unpacklo_epi32(c[2], c[3]), t3 = _mm512_unpackhi_epi32(c[2], c[3]);
+      const __m512i S = _mm512_add_epi32(_mm512_add_epi32(_mm512_unpacklo_epi64(t0, t2), _mm512_unpackhi_epi64(t0, t2)),
+                                         _mm512_add_epi32(_mm512_unpacklo_epi64(t1, t3), _mm512_unpackhi_epi64(t1, t3)));
+      // Lane 4h + t: S[t, h]; U = scale * (qs * S + m D) + zero * Q.
+      const __m512 u = _mm512_fmadd_ps(sc, _mm512_fmadd_ps(_mm512_cvtepi32_ps(S), _mm512_set1_ps(tq[r].qs), md[r]),
+                                       _mm512_mul_ps(zr, qz[r]));
+      const __m512 y = _mm512_add_ps(u, _mm512_shuffle_f32x4(u, u, 0x4e));  // h + h+2
+      const __m512 z = _mm512_add_ps(y, _mm512_shuffle_f32x4(y, y, 0xb1));  // + (h+1 + h+3)
+      _mm_mask_storeu_ps(s + r * n + j, __mmask8((1u << T) - 1), _mm512_castps512_ps128(z));
+    }
+  }
+}
+
 // Which packed blocks take the integer (VNNI) paths on AVX-512.
 bool vnni_keys(const KvBlock& k) {
   return k.format == KvFormat::kIntChannel && k.bits <= 4 && cpu_has_vnni_vbmi();
+}
+bool vnni_token_keys(const KvBlock& k) {
+  return k.format == KvFormat::kIntToken && k.bits <= 4 && k.d == 128 && k.group % 32 == 0 && cpu_has_vnni_vbmi();
 }
 bool vnni_values(const KvBlock& v) {
   if (v.format != KvFormat::kIntToken || v.bits > 4 || v.group % 16 != 0 || !cpu_has_vnni_vbmi()) return false;
@@ -1005,7 +1173,14 @@ KVLAB_TARGET_AVX512 void scores_avx512(const KvBlock& k, const float* q, int row
     case KvFormat::kF16: return dense_scores16<KvFormat::kF16>(k.data, k.stride, k.scale, k.n, k.d, q, rows, s);
     case KvFormat::kBF16: return dense_scores16<KvFormat::kBF16>(k.data, k.stride, k.scale, k.n, k.d, q, rows, s);
     case KvFormat::kFp8: return dense_scores16<KvFormat::kFp8>(k.data, k.stride, k.scale, k.n, k.d, q, rows, s);
-    case KvFormat::kIntToken: return int_token_scores16(k, q, rows, s);
+    case KvFormat::kIntToken:
+      if (!vnni_token_keys(k)) return int_token_scores16(k, q, rows, s);
+      for (int r0 = 0; r0 < rows; r0 += 4) {
+        const float* qr = q + int64_t(r0) * k.d;
+        float* sr = s + int64_t(r0) * k.n;
+        with_rows(rows - r0, [&]<int R>() { int_token_scores_vnni_rows<R>(k, qr, sr); });
+      }
+      return;
     case KvFormat::kIntChannel:
       for (int r0 = 0; r0 < rows; r0 += 4) {
         const float* qr = q + int64_t(r0) * k.d;
@@ -1056,14 +1231,12 @@ KVLAB_TARGET_AVX2 inline __m128i load_partial16(const uint8_t* p, int count) {
   return _mm_load_si128(reinterpret_cast<const __m128i*>(tmp));
 }
 
-KVLAB_TARGET_AVX2 inline __m256 e4m3_to_ps_avx2(__m128i bytes) {
-  const __m256i x = _mm256_cvtepu8_epi32(bytes);
-  const __m256i mag = _mm256_and_si256(x, _mm256_set1_epi32(0x7f));
-  const __m256i bits = _mm256_or_si256(_mm256_slli_epi32(mag, 20),
-                                       _mm256_slli_epi32(_mm256_and_si256(x, _mm256_set1_epi32(0x80)), 24));
-  const __m256 v = _mm256_mul_ps(_mm256_castsi256_ps(bits), _mm256_set1_ps(0x1p120f));
-  const __m256 nan = _mm256_castsi256_ps(_mm256_cmpeq_epi32(mag, _mm256_set1_epi32(0x7f)));
-  return _mm256_blendv_ps(v, _mm256_set1_ps(std::numeric_limits<float>::quiet_NaN()), nan);
+KVLAB_TARGET_AVX2 inline __m256 e4m3_to_ps_avx2(__m128i bytes) {  // times 2^-8, as e4m3_to_ps_avx512
+  __m128i w = _mm_slli_epi16(_mm_cvtepu8_epi16(bytes), 8);
+  w = _mm_and_si128(_mm_srai_epi16(w, 1), _mm_set1_epi16(short(0xbfff)));
+  const __m128i mag = _mm_set1_epi16(0x3f80);
+  const __m128i nan = _mm_cmpeq_epi16(_mm_and_si128(w, mag), mag);
+  return _mm256_cvtph_ps(_mm_blendv_epi8(w, _mm_set1_epi16(0x7e00), nan));
 }
 
 // Channels c .. c+7 of a dense token row (count = valid channels from c; lanes beyond are 0).
@@ -1163,7 +1336,7 @@ KVLAB_TARGET_AVX2 void dense_scores_tile8(const uint8_t* data, int64_t stride, c
   _mm256_store_ps(out, reduce8(w));
   KVLAB_UNROLL
   for (int t = 0; t < T; ++t) {
-    const float sc = F == KvFormat::kFp8 ? _cvtsh_ss(scale[j0 + t]) : 1.0f;
+    const float sc = F == KvFormat::kFp8 ? _cvtsh_ss(scale[j0 + t]) * kE4m3Unscale : 1.0f;
     KVLAB_UNROLL
     for (int r = 0; r < R; ++r) s[r * n + j0 + t] = F == KvFormat::kFp8 ? out[4 * t + r] * sc : out[4 * t + r];
   }
@@ -1206,7 +1379,7 @@ KVLAB_TARGET_AVX2 void dense_acc_tile8(const KvBlock& v, const float* p, int c0,
     __m256 vv[C];
     KVLAB_UNROLL
     for (int c = 0; c < C; ++c) vv[c] = load_dense8<F>(row, c0 + 8 * c, d - c0 - 8 * c);
-    const float sc = F == KvFormat::kFp8 ? _cvtsh_ss(v.scale[j]) : 1.0f;
+    const float sc = F == KvFormat::kFp8 ? _cvtsh_ss(v.scale[j]) * kE4m3Unscale : 1.0f;
     KVLAB_UNROLL
     for (int r = 0; r < R; ++r) {
       const __m256 pb = _mm256_set1_ps(F == KvFormat::kFp8 ? p[r * n + j] * sc : p[r * n + j]);
@@ -1522,7 +1695,7 @@ void kv_accumulate_isa(Isa isa, const KvBlock& v, const float* p, int rows, floa
 
 bool kv_scores_quantize_query(Isa isa, const KvBlock& k) {
 #ifdef KVLAB_X86
-  return isa == Isa::kAvx512 && k.d <= kMaxSimdD && vnni_keys(k);
+  return isa == Isa::kAvx512 && k.d <= kMaxSimdD && (vnni_keys(k) || vnni_token_keys(k));
 #else
   return false;
 #endif
