@@ -3,7 +3,8 @@
 // tokens in, exactly as TieredPolicy exposes them:
 //
 //   f32, f16, bf16, fp8     a TokenRing (kvcache/token_ring.h) holding the whole context, read as
-//                           its runs of 32-token pages (the `full` policy: no sink, one tier)
+//                           its runs of ring_page_tokens(ctx)-token pages (the `full` policy: no
+//                           sink, one tier)
 //   int8, int4, int3, int2  a BlockStore (kvcache/block_store.h) in the KIVI layout with group 128:
 //                           keys kIntChannel, per channel over blocks of 128 tokens; values
 //                           kIntToken, per token in groups of min(128, head_dim) channels; f16 scale
@@ -36,11 +37,6 @@
 // seconds (the scalar writers: about 1 s per 64K-token Llama sequence in the integer formats),
 // so no sequence shares another's store. The pool depends on (format, layout, context) only:
 // b:8 extends the pool b:1 built, and the pool is freed when a configuration needs another.
-//
-// Measured as part of the production path: TokenRing::run(r) finds run r by walking the runs
-// from the first, so the engine's block-by-block reads of a dense history cost O(runs^2) per kv
-// head (at 64K tokens, 2048 runs: about 90 ms of walking per Llama-3-8B sequence on one core,
-// more than the kernels' reading of its 512 MiB of f32). The KIVI blocks are found in O(1).
 //
 // Inputs come from xorshift: normal-ish values (sum of four uniforms), keys with 1 channel in 32
 // of larger magnitude and offset, like the outlier channels of real keys.
@@ -173,7 +169,8 @@ class StoreHistory final : public KvHistory {
 // for the memory check before building.
 int64_t estimate_store_bytes(const Format& f, const Layout& l, int ctx) {
   if (f.dense) {
-    const int64_t tokens = int64_t((ctx + kRingPageTokens - 1) / kRingPageTokens) * kRingPageTokens;
+    const int64_t page = ring_page_tokens(ctx);
+    const int64_t tokens = (ctx + page - 1) / page * page;
     return 2 * l.kv * kv_block_bytes(f.dense_format, tokens, l.d);
   }
   const IntFormat kf = kivi_keys(f), vf = kivi_values(f, l.d);

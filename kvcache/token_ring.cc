@@ -15,9 +15,10 @@ TokenRing::TokenRing(MemoryLedger* ledger, MemoryKind kind, KvFormat format, int
       format_(format),
       n_kv_heads_(n_kv_heads),
       head_dim_(head_dim),
-      capacity_((capacity + kRingPageTokens - 1) / kRingPageTokens * kRingPageTokens),
-      page_bytes_(2 * int64_t(n_kv_heads) * kRingPageTokens * head_dim * element_bytes(format)),
-      meta_bytes_(format == KvFormat::kFp8 ? 2 * int64_t(n_kv_heads) * kRingPageTokens * 2 : 0),
+      page_tokens_(ring_page_tokens(capacity)),
+      capacity_((capacity + page_tokens_ - 1) / page_tokens_ * page_tokens_),
+      page_bytes_(2 * int64_t(n_kv_heads) * page_tokens_ * head_dim * element_bytes(format)),
+      meta_bytes_(format == KvFormat::kFp8 ? 2 * int64_t(n_kv_heads) * page_tokens_ * 2 : 0),
       pages_(TrackedAllocator<uint8_t*>(ledger, MemoryKind::kIndex)),
       metas_(TrackedAllocator<uint8_t*>(ledger, MemoryKind::kIndex)) {
   KVLAB_CHECK(capacity > 0);
@@ -31,6 +32,7 @@ TokenRing::TokenRing(TokenRing&& o) noexcept
       format_(o.format_),
       n_kv_heads_(o.n_kv_heads_),
       head_dim_(o.head_dim_),
+      page_tokens_(o.page_tokens_),
       capacity_(o.capacity_),
       page_bytes_(o.page_bytes_),
       meta_bytes_(o.meta_bytes_),
@@ -47,7 +49,7 @@ TokenRing::TokenRing(TokenRing&& o) noexcept
 TokenRing::~TokenRing() { clear(); }
 
 int64_t TokenRing::key_offset(int s, int h) const {
-  return (int64_t(h) * kRingPageTokens + s) * head_dim_ * element_bytes(format_);
+  return (int64_t(h) * page_tokens_ + s) * head_dim_ * element_bytes(format_);
 }
 
 uint8_t* TokenRing::ensure_page(int page) {
@@ -70,17 +72,17 @@ void TokenRing::push(const float* k, const float* v) {
   KVLAB_CHECK(size_ < capacity_);
   const int s = slot(size_);
   if (s < start_) wrapped_ = true;
-  uint8_t* page = ensure_page(s / kRingPageTokens);
-  const int in = s % kRingPageTokens;
+  uint8_t* page = ensure_page(s / page_tokens_);
+  const int in = s % page_tokens_;
   const int64_t half = page_bytes_ / 2;
-  uint16_t* scales = meta_bytes_ ? reinterpret_cast<uint16_t*>(metas_[s / kRingPageTokens]) : nullptr;
+  uint16_t* scales = meta_bytes_ ? reinterpret_cast<uint16_t*>(metas_[s / page_tokens_]) : nullptr;
   for (int h = 0; h < n_kv_heads_; ++h) {
     const int64_t off = key_offset(in, h);
-    const int64_t m = int64_t(h) * kRingPageTokens + in;  // scale index of K; V after all K
+    const int64_t m = int64_t(h) * page_tokens_ + in;  // scale index of K; V after all K
     quantize_token(format_, 0, 0, k + int64_t(h) * head_dim_, head_dim_, page + off,
                    scales ? scales + m : nullptr, nullptr);
     quantize_token(format_, 0, 0, v + int64_t(h) * head_dim_, head_dim_, page + half + off,
-                   scales ? scales + int64_t(n_kv_heads_) * kRingPageTokens + m : nullptr, nullptr);
+                   scales ? scales + int64_t(n_kv_heads_) * page_tokens_ + m : nullptr, nullptr);
   }
   ++size_;
 }
@@ -99,7 +101,7 @@ void TokenRing::truncate(int n) {
   size_ = n;
   if (wrapped_ || start_ != 0) return;
   // Unwrapped: slots [0, n) are live, later pages can go.
-  const size_t keep = size_t((n + kRingPageTokens - 1) / kRingPageTokens);
+  const size_t keep = size_t((n + page_tokens_ - 1) / page_tokens_);
   for (size_t p = keep; p < pages_.size(); ++p) {
     if (pages_[p]) page_alloc_.deallocate(pages_[p], size_t(page_bytes_));
     if (metas_[p]) meta_alloc_.deallocate(metas_[p], size_t(meta_bytes_));
@@ -121,9 +123,9 @@ void TokenRing::clear() {
 
 void TokenRing::read(int i, float* k, float* v) const {
   const int s = slot(i);
-  const uint8_t* page = pages_[s / kRingPageTokens];
-  const uint16_t* scales = meta_bytes_ ? reinterpret_cast<const uint16_t*>(metas_[s / kRingPageTokens]) : nullptr;
-  const int in = s % kRingPageTokens;
+  const uint8_t* page = pages_[s / page_tokens_];
+  const uint16_t* scales = meta_bytes_ ? reinterpret_cast<const uint16_t*>(metas_[s / page_tokens_]) : nullptr;
+  const int in = s % page_tokens_;
   for (int h = 0; h < n_kv_heads_; ++h) {
     KvBlock kb, vb;
     for (KvBlock* b : {&kb, &vb}) {
@@ -135,8 +137,8 @@ void TokenRing::read(int i, float* k, float* v) const {
     kb.data = page + key_offset(in, h);
     vb.data = kb.data + page_bytes_ / 2;
     if (scales) {
-      kb.scale = scales + int64_t(h) * kRingPageTokens + in;
-      vb.scale = kb.scale + int64_t(n_kv_heads_) * kRingPageTokens;
+      kb.scale = scales + int64_t(h) * page_tokens_ + in;
+      vb.scale = kb.scale + int64_t(n_kv_heads_) * page_tokens_;
     }
     dequantize_block(kb, k + int64_t(h) * head_dim_);
     dequantize_block(vb, v + int64_t(h) * head_dim_);
@@ -148,18 +150,18 @@ void TokenRing::read(int i, float* k, float* v) const {
 // one partial).
 int TokenRing::n_runs() const {
   if (size_ == 0) return 0;
-  const int first = std::min(size_, kRingPageTokens - start_ % kRingPageTokens);
-  return 1 + (size_ - first + kRingPageTokens - 1) / kRingPageTokens;
+  const int first = std::min(size_, page_tokens_ - start_ % page_tokens_);
+  return 1 + (size_ - first + page_tokens_ - 1) / page_tokens_;
 }
 
 void TokenRing::run(int r, int kv_head, KvBlock* k, KvBlock* v, int* first_token) const {
-  const int first = std::min(size_, kRingPageTokens - start_ % kRingPageTokens);
-  const int i = r == 0 ? 0 : first + (r - 1) * kRingPageTokens;
-  const int len = r == 0 ? first : std::min(kRingPageTokens, size_ - i);
+  const int first = std::min(size_, page_tokens_ - start_ % page_tokens_);
+  const int i = r == 0 ? 0 : first + (r - 1) * page_tokens_;
+  const int len = r == 0 ? first : std::min(page_tokens_, size_ - i);
   KVLAB_CHECK(r >= 0 && i < size_);
   const int s = slot(i);
-  const uint8_t* page = pages_[s / kRingPageTokens];
-  const int in = s % kRingPageTokens;
+  const uint8_t* page = pages_[s / page_tokens_];
+  const int in = s % page_tokens_;
   for (KvBlock* b : {k, v}) {
     *b = KvBlock();
     b->format = format_;
@@ -170,9 +172,9 @@ void TokenRing::run(int r, int kv_head, KvBlock* k, KvBlock* v, int* first_token
   k->data = page + key_offset(in, kv_head);
   v->data = k->data + page_bytes_ / 2;
   if (meta_bytes_) {
-    const auto* scales = reinterpret_cast<const uint16_t*>(metas_[s / kRingPageTokens]);
-    k->scale = scales + int64_t(kv_head) * kRingPageTokens + in;
-    v->scale = k->scale + int64_t(n_kv_heads_) * kRingPageTokens;
+    const auto* scales = reinterpret_cast<const uint16_t*>(metas_[s / page_tokens_]);
+    k->scale = scales + int64_t(kv_head) * page_tokens_ + in;
+    v->scale = k->scale + int64_t(n_kv_heads_) * page_tokens_;
   }
   *first_token = i;
 }
@@ -184,15 +186,15 @@ void TokenRing::save(BinaryWriter& out) const {
   out.put<uint8_t>(wrapped_ ? 1 : 0);
   for (int i = 0; i < size_; ++i) {
     const int s = slot(i);
-    const uint8_t* page = pages_[s / kRingPageTokens];
-    const auto* scales = meta_bytes_ ? reinterpret_cast<const uint16_t*>(metas_[s / kRingPageTokens]) : nullptr;
-    const int in = s % kRingPageTokens;
+    const uint8_t* page = pages_[s / page_tokens_];
+    const auto* scales = meta_bytes_ ? reinterpret_cast<const uint16_t*>(metas_[s / page_tokens_]) : nullptr;
+    const int in = s % page_tokens_;
     for (int h = 0; h < n_kv_heads_; ++h) {
       out.put_bytes(page + key_offset(in, h), size_t(elem));
       out.put_bytes(page + page_bytes_ / 2 + key_offset(in, h), size_t(elem));
       if (scales) {
-        out.put<uint16_t>(scales[int64_t(h) * kRingPageTokens + in]);
-        out.put<uint16_t>(scales[int64_t(n_kv_heads_ + h) * kRingPageTokens + in]);
+        out.put<uint16_t>(scales[int64_t(h) * page_tokens_ + in]);
+        out.put<uint16_t>(scales[int64_t(n_kv_heads_ + h) * page_tokens_ + in]);
       }
     }
   }
@@ -213,15 +215,15 @@ Status TokenRing::load(BinaryReader& in) {
   const int64_t elem = int64_t(head_dim_) * element_bytes(format_);
   for (int i = 0; i < n; ++i) {
     const int s = slot(i);
-    uint8_t* page = ensure_page(s / kRingPageTokens);
-    auto* scales = meta_bytes_ ? reinterpret_cast<uint16_t*>(metas_[s / kRingPageTokens]) : nullptr;
-    const int p = s % kRingPageTokens;
+    uint8_t* page = ensure_page(s / page_tokens_);
+    auto* scales = meta_bytes_ ? reinterpret_cast<uint16_t*>(metas_[s / page_tokens_]) : nullptr;
+    const int p = s % page_tokens_;
     for (int h = 0; h < n_kv_heads_; ++h) {
       KVLAB_RETURN_IF_ERROR(in.get_bytes(page + key_offset(p, h), size_t(elem)));
       KVLAB_RETURN_IF_ERROR(in.get_bytes(page + page_bytes_ / 2 + key_offset(p, h), size_t(elem)));
       if (scales) {
-        KVLAB_RETURN_IF_ERROR(in.get(&scales[int64_t(h) * kRingPageTokens + p]));
-        KVLAB_RETURN_IF_ERROR(in.get(&scales[int64_t(n_kv_heads_ + h) * kRingPageTokens + p]));
+        KVLAB_RETURN_IF_ERROR(in.get(&scales[int64_t(h) * page_tokens_ + p]));
+        KVLAB_RETURN_IF_ERROR(in.get(&scales[int64_t(n_kv_heads_ + h) * page_tokens_ + p]));
       }
     }
     ++size_;
