@@ -55,6 +55,17 @@ void accumulate_block(const HistoryBlock& b, int rows, const int32_t* row_pos, i
   kv_accumulate(b.v, sc.scores.data(), rows, st.acc.data());
 }
 
+// Asks for the codes of an integer block ahead of use (prefetcht2, one request per cache line):
+// a block is a few kilobytes that the hardware prefetchers only start following after its first
+// misses. Measured at 32K tokens, Llama-3-8B heads: int4 3.96 -> 3.57 ms per step. Dense blocks
+// (tens of kilobytes, streamed well by the hardware) got slower with it, so they are left alone.
+void prefetch_block(const KvBlock& b) {
+  int64_t bytes = 0;
+  if (b.format == KvFormat::kIntChannel) bytes = int64_t(b.d) * b.stride;
+  else if (b.format == KvFormat::kIntToken) bytes = int64_t(b.n) * b.stride;
+  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(b.data + o, 0, 1);
+}
+
 // The new tokens [j0, j1) of kv head g, exact f32, as a block.
 HistoryBlock new_tokens_block(const AttentionShape& shape, const SeqAttention& sa, int g, int j0, int j1) {
   HistoryBlock b;
@@ -87,9 +98,17 @@ void run_item(const AttentionShape& shape, const SeqAttention& sa, const Item& i
   st.init(rows, d);
 
   const int n_hist = sa.history ? sa.history->n_blocks() : 0;
+  HistoryBlock next;
+  if (it.u0 < n_hist) next = sa.history->block(it.u0, it.g);
   for (int u = it.u0; u < it.u1; ++u) {
     if (u < n_hist) {
-      accumulate_block(sa.history->block(u, it.g), rows, nullptr, d, scratch, st);
+      const HistoryBlock cur = next;
+      if (u + 1 < std::min(it.u1, n_hist)) {
+        next = sa.history->block(u + 1, it.g);
+        prefetch_block(next.k);
+        prefetch_block(next.v);
+      }
+      accumulate_block(cur, rows, nullptr, d, scratch, st);
     } else {
       const int j0 = (u - n_hist) * kNewKeyTile;
       const int j1 = std::min(sa.n_new, j0 + kNewKeyTile);
