@@ -13,15 +13,17 @@
 namespace kvlab {
 namespace {
 
-constexpr int kQueryTile = 32;      // new tokens per prefill work item
-constexpr int kNewKeyTile = 64;     // new keys per step of the causal part
-constexpr int kUnitsPerChunk = 16;  // history blocks per decode work item (512 tokens of 32)
+constexpr int kQueryTile = 32;           // new tokens per prefill work item
+constexpr int kNewKeyTile = 64;          // new keys per step of the causal part
+constexpr int kBlockHeadsPerChunk = 32;  // (history block, kv head) pairs per decode work item
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-// One work item: rows = the query heads of kv head `g` for new tokens [t0, t1) of sequence `s`,
-// keys = units [u0, u1) where units are the history blocks followed by tiles of new keys.
+// One work item: rows = the query heads of kv heads [g0, g1) for new tokens [t0, t1) of sequence
+// `s`, keys = units [u0, u1) where units are the history blocks followed by tiles of new keys.
+// Decode items take every kv head of a span of blocks, block by block and kv head by kv head, so
+// that they read each block page front to back (see kvcache/block_store.h).
 struct Item {
-  int s, g, t0, t1, u0, u1;
+  int s, g0, g1, t0, t1, u0, u1;
   int first_chunk;  // index of this tile's first item (merge target)
   int n_chunks;
 };
@@ -38,32 +40,21 @@ struct Partial {
 
 struct Scratch {
   std::vector<float> q;       // [rows, d] pre-scaled queries of the item
-  std::vector<float> scores;  // [rows, n] scores, then probabilities
+  std::vector<float> scores;  // [rows of one kv head, n] scores, then probabilities
   std::vector<int32_t> row_pos;
 };
 
-// Folds one block into the state of `rows` query rows: scores from the packed keys, the online
-// softmax step, values accumulated. row_pos: each row's position for the causal mask, or null
-// when no key can lie in any row's future (history blocks).
-void accumulate_block(const HistoryBlock& b, int rows, const int32_t* row_pos, int d, Scratch& sc, Partial& st) {
+// Folds one block into the state of `rows` query rows of one kv head: scores from the packed
+// keys, the online softmax step, values accumulated. row_pos: each row's position for the causal
+// mask, or null when no key can lie in any row's future (history blocks).
+void accumulate_block(const HistoryBlock& b, int rows, const int32_t* row_pos, int d, const float* q,
+                      std::vector<float>& scores, float* m, float* l, float* acc) {
   const int n = b.k.n;
   if (n == 0) return;
-  sc.scores.resize(size_t(rows) * n);
-  kv_scores(b.k, sc.q.data(), rows, sc.scores.data());
-  online_softmax_block(sc.scores.data(), rows, n, b.positions, b.first_pos, row_pos, st.m.data(), st.l.data(),
-                       st.acc.data(), d);
-  kv_accumulate(b.v, sc.scores.data(), rows, st.acc.data());
-}
-
-// Asks for the codes of an integer block ahead of use (prefetcht2, one request per cache line):
-// a block is a few kilobytes that the hardware prefetchers only start following after its first
-// misses. Measured at 32K tokens, Llama-3-8B heads: int4 3.96 -> 3.57 ms per step. Dense blocks
-// (tens of kilobytes, streamed well by the hardware) got slower with it, so they are left alone.
-void prefetch_block(const KvBlock& b) {
-  int64_t bytes = 0;
-  if (b.format == KvFormat::kIntChannel) bytes = int64_t(b.d) * b.stride;
-  else if (b.format == KvFormat::kIntToken) bytes = int64_t(b.n) * b.stride;
-  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(b.data + o, 0, 1);
+  scores.resize(size_t(rows) * n);
+  kv_scores(b.k, q, rows, scores.data());
+  online_softmax_block(scores.data(), rows, n, b.positions, b.first_pos, row_pos, m, l, acc, d);
+  kv_accumulate(b.v, scores.data(), rows, acc);
 }
 
 // The new tokens [j0, j1) of kv head g, exact f32, as a block.
@@ -85,35 +76,38 @@ HistoryBlock new_tokens_block(const AttentionShape& shape, const SeqAttention& s
 void run_item(const AttentionShape& shape, const SeqAttention& sa, const Item& it, Partial& st) {
   thread_local Scratch scratch;
   const int d = shape.head_dim, G = shape.n_heads / shape.n_kv_heads;
-  const int rows = (it.t1 - it.t0) * G;
-  // Query rows (token t, head i) -> row (t - t0) * G + i; scaled once here.
+  const int rh = (it.t1 - it.t0) * G;  // rows per kv head
+  const int rows = rh * (it.g1 - it.g0);
+  // Row (g - g0) * rh + (t - t0) * G + i <- query head g * G + i of token t; scaled once here.
   scratch.q.resize(size_t(rows) * d);
-  for (int t = it.t0; t < it.t1; ++t) {
-    const float* src = sa.q + size_t(t) * shape.q_dim() + size_t(it.g) * G * d;
-    for (int i = 0; i < G * d; ++i) scratch.q[size_t(t - it.t0) * G * d + i] = src[i] * shape.scale;
-  }
-  // Row positions for the causal part: rows of token t share positions[t].
-  scratch.row_pos.resize(rows);
-  for (int r = 0; r < rows; ++r) scratch.row_pos[r] = sa.positions[it.t0 + r / G];
-  st.init(rows, d);
-
-  const int n_hist = sa.history ? sa.history->n_blocks() : 0;
-  HistoryBlock next;
-  if (it.u0 < n_hist) next = sa.history->block(it.u0, it.g);
-  for (int u = it.u0; u < it.u1; ++u) {
-    if (u < n_hist) {
-      const HistoryBlock cur = next;
-      if (u + 1 < std::min(it.u1, n_hist)) {
-        next = sa.history->block(u + 1, it.g);
-        prefetch_block(next.k);
-        prefetch_block(next.v);
-      }
-      accumulate_block(cur, rows, nullptr, d, scratch, st);
-    } else {
-      const int j0 = (u - n_hist) * kNewKeyTile;
-      const int j1 = std::min(sa.n_new, j0 + kNewKeyTile);
-      accumulate_block(new_tokens_block(shape, sa, it.g, j0, j1), rows, scratch.row_pos.data(), d, scratch, st);
+  for (int g = it.g0; g < it.g1; ++g) {
+    for (int t = it.t0; t < it.t1; ++t) {
+      const float* src = sa.q + size_t(t) * shape.q_dim() + size_t(g) * G * d;
+      float* dst = scratch.q.data() + (size_t(g - it.g0) * rh + size_t(t - it.t0) * G) * d;
+      for (int i = 0; i < G * d; ++i) dst[i] = src[i] * shape.scale;
     }
+  }
+  // Row positions for the causal part (the same for every kv head): rows of token t share
+  // positions[t].
+  scratch.row_pos.resize(rh);
+  for (int r = 0; r < rh; ++r) scratch.row_pos[r] = sa.positions[it.t0 + r / G];
+  st.init(rows, d);
+  auto fold = [&](const HistoryBlock& b, int g, const int32_t* row_pos) {
+    const int r0 = (g - it.g0) * rh;
+    accumulate_block(b, rh, row_pos, d, scratch.q.data() + size_t(r0) * d, scratch.scores, st.m.data() + r0,
+                     st.l.data() + r0, st.acc.data() + size_t(r0) * d);
+  };
+
+  // History blocks, each block's kv heads one after the other: a block page front to back (the
+  // kernels read ahead what follows each block; kernels/cpu/kv_attention.h).
+  const int n_hist = sa.history ? sa.history->n_blocks() : 0;
+  for (int u = it.u0; u < std::min(it.u1, n_hist); ++u) {
+    for (int g = it.g0; g < it.g1; ++g) fold(sa.history->block(u, g), g, nullptr);
+  }
+  for (int u = std::max(it.u0, n_hist); u < it.u1; ++u) {
+    const int j0 = (u - n_hist) * kNewKeyTile;
+    const int j1 = std::min(sa.n_new, j0 + kNewKeyTile);
+    for (int g = it.g0; g < it.g1; ++g) fold(new_tokens_block(shape, sa, g, j0, j1), g, scratch.row_pos.data());
   }
 }
 
@@ -178,19 +172,25 @@ void attend(const AttentionShape& shape, std::span<const SeqAttention> seqs, int
     const SeqAttention& sa = seqs[s];
     const int n_hist = sa.history ? sa.history->n_blocks() : 0;
     const int n_tiles = (sa.n_new + kQueryTile - 1) / kQueryTile;
+    if (n_tiles == 1) {
+      // Decode (one query tile): every kv head together, the keys split into chunks of about
+      // kBlockHeadsPerChunk (block, kv head) pairs so that both cores work.
+      const int n_units = n_hist + (sa.n_new + kNewKeyTile - 1) / kNewKeyTile;
+      const int per_chunk = std::max(1, kBlockHeadsPerChunk / shape.n_kv_heads);
+      const int n_chunks = (n_units + per_chunk - 1) / per_chunk;
+      const int first = int(items.size());
+      for (int c = 0; c < n_chunks; ++c) {
+        const int u0 = c * n_units / n_chunks, u1 = (c + 1) * n_units / n_chunks;
+        items.push_back({s, 0, shape.n_kv_heads, 0, sa.n_new, u0, u1, first, n_chunks});
+      }
+      continue;
+    }
     for (int g = 0; g < shape.n_kv_heads; ++g) {
       for (int tile = 0; tile < n_tiles; ++tile) {
         const int t0 = tile * kQueryTile, t1 = std::min(sa.n_new, t0 + kQueryTile);
         // Units this tile can see: all history blocks, then new-key tiles up to its last token.
         const int n_units = n_hist + (t1 + kNewKeyTile - 1) / kNewKeyTile;
-        // One query tile (decode): split the keys so that both cores work; several tiles
-        // (prefill): the tiles already give enough items.
-        const int n_chunks = n_tiles == 1 ? (n_units + kUnitsPerChunk - 1) / kUnitsPerChunk : 1;
-        const int first = int(items.size());
-        for (int c = 0; c < n_chunks; ++c) {
-          const int u0 = c * n_units / n_chunks, u1 = (c + 1) * n_units / n_chunks;
-          items.push_back({s, g, t0, t1, u0, u1, first, n_chunks});
-        }
+        items.push_back({s, g, g + 1, t0, t1, 0, n_units, int(items.size()), 1});
       }
     }
   }
@@ -204,12 +204,15 @@ void attend(const AttentionShape& shape, std::span<const SeqAttention> seqs, int
     Partial& st = partial[i];
     for (int c = 1; c < it.n_chunks; ++c) merge_into(st, partial[i + c], d);
     const SeqAttention& sa = seqs[it.s];
-    for (int t = it.t0; t < it.t1; ++t) {
-      for (int h = 0; h < G; ++h) {
-        const int r = (t - it.t0) * G + h;
-        float* o = sa.out + size_t(t) * shape.q_dim() + size_t(it.g * G + h) * d;
-        const float inv = st.l[r] > 0 ? 1.0f / st.l[r] : 0.0f;
-        for (int e = 0; e < d; ++e) o[e] = st.acc[size_t(r) * d + e] * inv;
+    const int rh = (it.t1 - it.t0) * G;
+    for (int g = it.g0; g < it.g1; ++g) {
+      for (int t = it.t0; t < it.t1; ++t) {
+        for (int h = 0; h < G; ++h) {
+          const int r = (g - it.g0) * rh + (t - it.t0) * G + h;
+          float* o = sa.out + size_t(t) * shape.q_dim() + size_t(g * G + h) * d;
+          const float inv = st.l[r] > 0 ? 1.0f / st.l[r] : 0.0f;
+          for (int e = 0; e < d; ++e) o[e] = st.acc[size_t(r) * d + e] * inv;
+        }
       }
     }
   }

@@ -38,29 +38,38 @@ bool BlockStore::token_granular() const {
   return kf_.format == KvFormat::kIntToken && vf_.format == KvFormat::kIntToken;
 }
 
-// Layout inside a block's pages: K codes of every head, then V codes of every head; meta: K
-// scales (every head), K zeros, V scales, V zeros.
-KvBlock BlockStore::view(const IntFormat& f, const uint8_t* codes, const uint16_t* meta, int n, int h) const {
+// Layout inside a block's pages, kv head by kv head: codes page [head][K codes | V codes], meta
+// page [head][K scale | K zero | V scale | V zero] (f16 entries).
+int64_t BlockStore::code_offset(int side, int h) const {
+  return int64_t(h) * (code_bytes(kf_) + code_bytes(vf_)) + (side == 0 ? 0 : code_bytes(kf_));
+}
+
+int64_t BlockStore::meta_offset(int side, int zero, int h) const {
+  const int64_t ke = meta_entries(kf_), ve = meta_entries(vf_);
+  const int64_t side_off = side == 0 ? 0 : 2 * ke;
+  return int64_t(h) * 2 * (ke + ve) + side_off + (zero ? (side == 0 ? ke : ve) : 0);
+}
+
+KvBlock BlockStore::view(int side, const uint8_t* codes, const uint16_t* meta, int n, int h) const {
+  const IntFormat& f = side == 0 ? kf_ : vf_;
   KvBlock b;
   b.format = f.format;
   b.n = n;
   b.d = head_dim_;
   b.bits = f.bits;
   b.group = f.group;
-  b.data = codes + int64_t(h) * code_bytes(f);
+  b.data = codes + code_offset(side, h);
   b.stride = f.format == KvFormat::kIntChannel ? packed_bytes(block_tokens_, f.bits) : packed_bytes(head_dim_, f.bits);
-  const int64_t entries = meta_entries(f);
-  b.scale = meta + int64_t(h) * entries;
-  b.zero = meta + int64_t(n_kv_heads_ + h) * entries;
+  b.scale = meta + meta_offset(side, 0, h);
+  b.zero = meta + meta_offset(side, 1, h);
   return b;
 }
 
 void BlockStore::block(int b, int kv_head, KvBlock* k, KvBlock* v, int* first_token) const {
   const uint8_t* codes = codes_.page(size_t(b));
   const auto* meta = reinterpret_cast<const uint16_t*>(meta_.page(size_t(b)));
-  *k = view(kf_, codes, meta, counts_[b], kv_head);
-  *v = view(vf_, codes + int64_t(n_kv_heads_) * code_bytes(kf_), meta + 2 * int64_t(n_kv_heads_) * meta_entries(kf_),
-            counts_[b], kv_head);
+  *k = view(0, codes, meta, counts_[b], kv_head);
+  *v = view(1, codes, meta, counts_[b], kv_head);
   *first_token = firsts_[b];
 }
 
@@ -81,13 +90,10 @@ void BlockStore::append(const float* k, const float* v, int n, int64_t ld) {
     for (int side = 0; side < 2; ++side) {
       const IntFormat& f = side == 0 ? kf_ : vf_;
       const float* x = (side == 0 ? k : v) + int64_t(done) * ld;
-      uint8_t* c = codes + (side == 0 ? 0 : int64_t(n_kv_heads_) * code_bytes(kf_));
-      uint16_t* m = meta + (side == 0 ? 0 : 2 * int64_t(n_kv_heads_) * meta_entries(kf_));
-      const int64_t entries = meta_entries(f);
       for (int h = 0; h < n_kv_heads_; ++h) {
-        uint8_t* hc = c + int64_t(h) * code_bytes(f);
-        uint16_t* hs = m + int64_t(h) * entries;
-        uint16_t* hz = m + int64_t(n_kv_heads_ + h) * entries;
+        uint8_t* hc = codes + code_offset(side, h);
+        uint16_t* hs = meta + meta_offset(side, 0, h);
+        uint16_t* hz = meta + meta_offset(side, 1, h);
         if (f.format == KvFormat::kIntChannel) {
           quantize_channels(f.bits, x + int64_t(h) * head_dim_, take, ld, head_dim_, hc,
                             packed_bytes(block_tokens_, f.bits), hs, hz);
@@ -145,13 +151,25 @@ void BlockStore::read(int i, float* k, float* v) const {
   }
 }
 
+// Saved pages keep one canonical order, independent of the layout in memory: codes K of every
+// head then V of every head; meta K scales, K zeros, V scales, V zeros (each of every head).
 void BlockStore::save(BinaryWriter& out) const {
   out.put<int32_t>(size_);
   out.put<int32_t>(n_blocks());
   for (int b = 0; b < n_blocks(); ++b) {
     out.put<int32_t>(counts_[b]);
-    out.put_bytes(codes_.page(size_t(b)), codes_.page_bytes());
-    out.put_bytes(meta_.page(size_t(b)), meta_.page_bytes());
+    const uint8_t* codes = codes_.page(size_t(b));
+    const uint8_t* meta = meta_.page(size_t(b));
+    for (int side = 0; side < 2; ++side) {
+      const int64_t bytes = code_bytes(side == 0 ? kf_ : vf_);
+      for (int h = 0; h < n_kv_heads_; ++h) out.put_bytes(codes + code_offset(side, h), size_t(bytes));
+    }
+    for (int side = 0; side < 2; ++side) {
+      const int64_t bytes = 2 * meta_entries(side == 0 ? kf_ : vf_);
+      for (int zero = 0; zero < 2; ++zero) {
+        for (int h = 0; h < n_kv_heads_; ++h) out.put_bytes(meta + 2 * meta_offset(side, zero, h), size_t(bytes));
+      }
+    }
   }
 }
 
@@ -168,11 +186,25 @@ Status BlockStore::load(BinaryReader& in) {
     int32_t count = 0;
     KVLAB_RETURN_IF_ERROR(in.get(&count));
     if (count < 1 || count > block_tokens_) return data_loss(in.what() + ": block of " + std::to_string(count) + " tokens");
-    KVLAB_RETURN_IF_ERROR(in.get_bytes(codes_.add_page(), codes_.page_bytes()));
-    KVLAB_RETURN_IF_ERROR(in.get_bytes(meta_.add_page(), meta_.page_bytes()));
+    uint8_t* codes = codes_.add_page();
+    uint8_t* meta = meta_.add_page();
     firsts_.push_back(size_);
     counts_.push_back(count);
     size_ += count;
+    for (int side = 0; side < 2; ++side) {
+      const int64_t bytes = code_bytes(side == 0 ? kf_ : vf_);
+      for (int h = 0; h < n_kv_heads_; ++h) {
+        KVLAB_RETURN_IF_ERROR(in.get_bytes(codes + code_offset(side, h), size_t(bytes)));
+      }
+    }
+    for (int side = 0; side < 2; ++side) {
+      const int64_t bytes = 2 * meta_entries(side == 0 ? kf_ : vf_);
+      for (int zero = 0; zero < 2; ++zero) {
+        for (int h = 0; h < n_kv_heads_; ++h) {
+          KVLAB_RETURN_IF_ERROR(in.get_bytes(meta + 2 * meta_offset(side, zero, h), size_t(bytes)));
+        }
+      }
+    }
   }
   if (size_ != n) return data_loss(in.what() + ": block counts do not add up");
   return Status::Ok();

@@ -2,11 +2,17 @@
 // values each in an integer format of kernels/cpu/kv_format.h:
 //   kIntChannel  per-channel over the block's tokens (KIVI keys): a block is written whole
 //   kIntToken    per-token, groups of `group` channels (KIVI values, the `quant` policy)
-// Block page (payload), per kv head h:
-//   K codes: kIntChannel [head_dim][packed_bytes(block_tokens, bits)] | kIntToken [block_tokens][packed_bytes(head_dim, bits)]
-//   V codes: the same for the value format
-// Meta page: f16 scale then zero of K for all heads, then of V ([head_dim] per head for
-// kIntChannel, [block_tokens][head_dim / group] for kIntToken).
+// Block page (payload), kv head after kv head, each head's keys and values back to back:
+//   [head][K codes | V codes]
+//   codes of one side: kIntChannel [head_dim][packed_bytes(block_tokens, bits)] |
+//                      kIntToken [block_tokens][packed_bytes(head_dim, bits)]
+// Meta page (f16), the same way: [head][K scale | K zero | V scale | V zero], [head_dim] entries
+// each for kIntChannel, [block_tokens][head_dim / group] for kIntToken.
+// A decode step reads a block page front to back (the attention engine takes the kv heads of a
+// block one after the other), and the fused kernels read ahead the bytes that follow the block
+// they work on (kernels/cpu/kv_attention.h): the next kv head's keys while a head's values are
+// accumulated, a head's values while its scores are computed. save() writes one canonical order
+// (K codes of every head, then V; K scales, K zeros, V scales, V zeros), whatever the layout.
 #pragma once
 
 #include <cstdint>
@@ -56,7 +62,11 @@ class BlockStore {
   // Byte sizes per head of one block: codes and f16 scale-or-zero entries.
   int64_t code_bytes(const IntFormat& f) const;
   int64_t meta_entries(const IntFormat& f) const;
-  KvBlock view(const IntFormat& f, const uint8_t* codes, const uint16_t* meta, int n, int h) const;
+  // Offsets inside a block's pages of side 0 (K) / 1 (V) of head h: codes in bytes, the scale
+  // (zero = 0) or zero (zero = 1) entries in f16 entries.
+  int64_t code_offset(int side, int h) const;
+  int64_t meta_offset(int side, int zero, int h) const;
+  KvBlock view(int side, const uint8_t* codes, const uint16_t* meta, int n, int h) const;
 
   int n_kv_heads_, head_dim_, block_tokens_;
   IntFormat kf_, vf_;

@@ -48,9 +48,19 @@ TokenRing::TokenRing(TokenRing&& o) noexcept
 
 TokenRing::~TokenRing() { clear(); }
 
+// Page layout, kv head after kv head: [head][K: P tokens | V: P tokens] elements; fp8 scales
+// [head][K: P | V: P].
 int64_t TokenRing::key_offset(int s, int h) const {
-  return (int64_t(h) * page_tokens_ + s) * head_dim_ * element_bytes(format_);
+  return (int64_t(h) * 2 * page_tokens_ + s) * head_dim_ * element_bytes(format_);
 }
+
+int64_t TokenRing::value_offset(int s, int h) const {
+  return key_offset(s, h) + int64_t(page_tokens_) * head_dim_ * element_bytes(format_);
+}
+
+int64_t TokenRing::key_scale(int s, int h) const { return int64_t(h) * 2 * page_tokens_ + s; }
+
+int64_t TokenRing::value_scale(int s, int h) const { return key_scale(s, h) + page_tokens_; }
 
 uint8_t* TokenRing::ensure_page(int page) {
   if (int(pages_.size()) <= page) {
@@ -74,15 +84,12 @@ void TokenRing::push(const float* k, const float* v) {
   if (s < start_) wrapped_ = true;
   uint8_t* page = ensure_page(s / page_tokens_);
   const int in = s % page_tokens_;
-  const int64_t half = page_bytes_ / 2;
   uint16_t* scales = meta_bytes_ ? reinterpret_cast<uint16_t*>(metas_[s / page_tokens_]) : nullptr;
   for (int h = 0; h < n_kv_heads_; ++h) {
-    const int64_t off = key_offset(in, h);
-    const int64_t m = int64_t(h) * page_tokens_ + in;  // scale index of K; V after all K
-    quantize_token(format_, 0, 0, k + int64_t(h) * head_dim_, head_dim_, page + off,
-                   scales ? scales + m : nullptr, nullptr);
-    quantize_token(format_, 0, 0, v + int64_t(h) * head_dim_, head_dim_, page + half + off,
-                   scales ? scales + int64_t(n_kv_heads_) * page_tokens_ + m : nullptr, nullptr);
+    quantize_token(format_, 0, 0, k + int64_t(h) * head_dim_, head_dim_, page + key_offset(in, h),
+                   scales ? scales + key_scale(in, h) : nullptr, nullptr);
+    quantize_token(format_, 0, 0, v + int64_t(h) * head_dim_, head_dim_, page + value_offset(in, h),
+                   scales ? scales + value_scale(in, h) : nullptr, nullptr);
   }
   ++size_;
 }
@@ -135,10 +142,10 @@ void TokenRing::read(int i, float* k, float* v) const {
       b->stride = int64_t(head_dim_) * element_bytes(format_);
     }
     kb.data = page + key_offset(in, h);
-    vb.data = kb.data + page_bytes_ / 2;
+    vb.data = page + value_offset(in, h);
     if (scales) {
-      kb.scale = scales + int64_t(h) * page_tokens_ + in;
-      vb.scale = kb.scale + int64_t(n_kv_heads_) * page_tokens_;
+      kb.scale = scales + key_scale(in, h);
+      vb.scale = scales + value_scale(in, h);
     }
     dequantize_block(kb, k + int64_t(h) * head_dim_);
     dequantize_block(vb, v + int64_t(h) * head_dim_);
@@ -170,11 +177,11 @@ void TokenRing::run(int r, int kv_head, KvBlock* k, KvBlock* v, int* first_token
     b->stride = int64_t(head_dim_) * element_bytes(format_);
   }
   k->data = page + key_offset(in, kv_head);
-  v->data = k->data + page_bytes_ / 2;
+  v->data = page + value_offset(in, kv_head);
   if (meta_bytes_) {
     const auto* scales = reinterpret_cast<const uint16_t*>(metas_[s / page_tokens_]);
-    k->scale = scales + int64_t(kv_head) * page_tokens_ + in;
-    v->scale = k->scale + int64_t(n_kv_heads_) * page_tokens_;
+    k->scale = scales + key_scale(in, kv_head);
+    v->scale = scales + value_scale(in, kv_head);
   }
   *first_token = i;
 }
@@ -191,10 +198,10 @@ void TokenRing::save(BinaryWriter& out) const {
     const int in = s % page_tokens_;
     for (int h = 0; h < n_kv_heads_; ++h) {
       out.put_bytes(page + key_offset(in, h), size_t(elem));
-      out.put_bytes(page + page_bytes_ / 2 + key_offset(in, h), size_t(elem));
+      out.put_bytes(page + value_offset(in, h), size_t(elem));
       if (scales) {
-        out.put<uint16_t>(scales[int64_t(h) * page_tokens_ + in]);
-        out.put<uint16_t>(scales[int64_t(n_kv_heads_ + h) * page_tokens_ + in]);
+        out.put<uint16_t>(scales[key_scale(in, h)]);
+        out.put<uint16_t>(scales[value_scale(in, h)]);
       }
     }
   }
@@ -220,10 +227,10 @@ Status TokenRing::load(BinaryReader& in) {
     const int p = s % page_tokens_;
     for (int h = 0; h < n_kv_heads_; ++h) {
       KVLAB_RETURN_IF_ERROR(in.get_bytes(page + key_offset(p, h), size_t(elem)));
-      KVLAB_RETURN_IF_ERROR(in.get_bytes(page + page_bytes_ / 2 + key_offset(p, h), size_t(elem)));
+      KVLAB_RETURN_IF_ERROR(in.get_bytes(page + value_offset(p, h), size_t(elem)));
       if (scales) {
-        KVLAB_RETURN_IF_ERROR(in.get(&scales[int64_t(h) * page_tokens_ + p]));
-        KVLAB_RETURN_IF_ERROR(in.get(&scales[int64_t(n_kv_heads_ + h) * page_tokens_ + p]));
+        KVLAB_RETURN_IF_ERROR(in.get(&scales[key_scale(p, h)]));
+        KVLAB_RETURN_IF_ERROR(in.get(&scales[value_scale(p, h)]));
       }
     }
     ++size_;

@@ -1,8 +1,11 @@
 // Exact tokens of one (layer, sequence) in a dense format (f32, f16, bf16 or fp8), in a ring of
 // `capacity` slots: appended at the back, dropped from the front (sliding windows, buffers whose
-// oldest tokens get compressed). Slots live in pages of P tokens, each page
-//   K: [n_kv_heads, P, head_dim] elements     V: the same
-// plus, for fp8, a meta page of f16 scales [2 (K, V), n_kv_heads, P].
+// oldest tokens get compressed). Slots live in pages of P tokens, each page kv head after kv head,
+// a head's keys and values back to back:
+//   [n_kv_heads][K: P x head_dim | V: P x head_dim] elements
+// plus, for fp8, a meta page of f16 scales [n_kv_heads][K: P | V: P]. A decode step reads a page
+// front to back (the attention engine takes the kv heads of a run one after the other, and the
+// fused kernels read ahead the bytes that follow the run they work on: kernels/cpu/kv_attention.h).
 // P is ring_page_tokens(capacity): long rings use long pages because the attention kernels read
 // one head's run of a page as one stream (a 128-token run of f16 streams at about twice the
 // speed of four 32-token runs in separate pages); short rings keep short pages so that a page's
@@ -64,8 +67,12 @@ class TokenRing {
  private:
   int slot(int i) const { return (start_ + i) % capacity_; }
   uint8_t* ensure_page(int page);
-  // Byte offsets inside a page of token slot s (within page), head h.
+  // Byte offsets inside a page of token slot s (within page), head h; indices of its fp8 scales
+  // inside the meta page.
   int64_t key_offset(int s, int h) const;
+  int64_t value_offset(int s, int h) const;
+  int64_t key_scale(int s, int h) const;
+  int64_t value_scale(int s, int h) const;
 
   TrackedAllocator<uint8_t> page_alloc_, meta_alloc_;
   KvFormat format_;

@@ -286,6 +286,30 @@ inline const VnniTables& vnni_tables(int bits) {
 // ---------------------------------------------------------------------------------------------
 // AVX-512
 
+// Read-ahead (see "Read-ahead" at the top of the file): the `span` bytes that follow a block's
+// `span` bytes, asked for a few cache lines at a time in lockstep with the block's own reads.
+struct ReadAhead {
+  const uint8_t* p = nullptr;  // null: none
+  int64_t bytes = 0;
+};
+
+inline ReadAhead read_ahead(const uint8_t* data, int64_t span) { return {data + span, span}; }
+
+// The lines of [off, off + bytes) of the read-ahead region (clipped to it).
+inline void read_ahead_lines(const ReadAhead& a, int64_t off, int64_t bytes) {
+  if (!a.p) return;
+  const int64_t end = std::min(off + bytes, a.bytes);
+  for (int64_t o = off; o < end; o += 64) __builtin_prefetch(a.p + o, 0, 2);
+}
+
+// The `bytes` bytes that follow each of the arrays at a and b (scales and zeros), at once.
+inline void read_ahead_meta(const void* a, const void* b, int64_t bytes) {
+  for (int64_t o = 0; o < bytes; o += 64) {
+    if (a) __builtin_prefetch(static_cast<const uint8_t*>(a) + bytes + o, 0, 2);
+    if (b) __builtin_prefetch(static_cast<const uint8_t*>(b) + bytes + o, 0, 2);
+  }
+}
+
 KVLAB_TARGET_AVX512 inline __mmask16 mask16(int count) {
   return count >= 16 ? __mmask16(0xffff) : (count <= 0 ? __mmask16(0) : __mmask16((1u << count) - 1));
 }
@@ -385,7 +409,14 @@ inline void with_rows(int rows, F&& f) {
 
 template <KvFormat F, int R, int T>
 KVLAB_TARGET_AVX512 void dense_scores_tile16(const uint8_t* data, int64_t stride, const uint16_t* scale,
-                                             int j0, const float* q, int d, float* s, int n, int js = 1) {
+                                             int j0, const float* q, int d, float* s, int n, int js = 1,
+                                             const uint8_t* ahead = nullptr) {
+  if (ahead) {
+    KVLAB_UNROLL
+    for (int t = 0; t < T; ++t) {
+      for (int64_t o = 0; o < int64_t(d) * element_bytes(F); o += 64) __builtin_prefetch(ahead + (j0 + t * js) * stride + o, 0, 2);
+    }
+  }
   __m512 acc[R][T];
   KVLAB_UNROLL
   for (int r = 0; r < R; ++r) {
@@ -424,6 +455,16 @@ KVLAB_TARGET_AVX512 void dense_scores_tile16(const uint8_t* data, int64_t stride
     const __m512 sc = _mm512_broadcast_f32x4(_mm512_castps512_ps128(_mm512_cvtph_ps(_mm256_castsi128_si256(hv))));
     sums = _mm512_mul_ps(sums, _mm512_mul_ps(sc, _mm512_set1_ps(kE4m3Unscale)));
   }
+  if (T == 4 && js == 1) {  // row r's four scores are lanes 4r .. 4r+3
+    KVLAB_UNROLL
+    for (int r = 0; r < R; ++r) {
+      const __m128 v = r == 0 ? _mm512_castps512_ps128(sums)
+                              : (r == 1 ? _mm512_extractf32x4_ps(sums, 1)
+                                        : (r == 2 ? _mm512_extractf32x4_ps(sums, 2) : _mm512_extractf32x4_ps(sums, 3)));
+      _mm_storeu_ps(s + r * n + j0, v);
+    }
+    return;
+  }
   alignas(64) float out[16];
   _mm512_store_ps(out, sums);
   KVLAB_UNROLL
@@ -435,18 +476,14 @@ KVLAB_TARGET_AVX512 void dense_scores_tile16(const uint8_t* data, int64_t stride
 
 template <KvFormat F, int R>
 KVLAB_TARGET_AVX512 void dense_scores_rows16(const uint8_t* data, int64_t stride, const uint16_t* scale,
-                                             int n, const float* q, int d, float* s) {
-  // Four long streams: tile i takes tokens i, i + n/4, i + n/2, i + 3n/4 (the hardware
-  // prefetchers follow four long sequential streams; four adjacent rows per tile are short ones).
-  const int quarter = n / 4;
-  for (int i = 0; i < quarter; ++i) dense_scores_tile16<F, R, 4>(data, stride, scale, i, q, d, s, n, quarter);
+                                             int n, const float* q, int d, float* s, const uint8_t* ahead) {
+  // Tiles of four consecutive tokens (the rows were asked for ahead of use: see "Read-ahead").
   int j = 0;
-  j = 4 * quarter;
-  for (; j + 4 <= n; j += 4) dense_scores_tile16<F, R, 4>(data, stride, scale, j, q, d, s, n);
+  for (; j + 4 <= n; j += 4) dense_scores_tile16<F, R, 4>(data, stride, scale, j, q, d, s, n, 1, ahead);
   switch (n - j) {
-    case 1: dense_scores_tile16<F, R, 1>(data, stride, scale, j, q, d, s, n); break;
-    case 2: dense_scores_tile16<F, R, 2>(data, stride, scale, j, q, d, s, n); break;
-    case 3: dense_scores_tile16<F, R, 3>(data, stride, scale, j, q, d, s, n); break;
+    case 1: dense_scores_tile16<F, R, 1>(data, stride, scale, j, q, d, s, n, 1, ahead); break;
+    case 2: dense_scores_tile16<F, R, 2>(data, stride, scale, j, q, d, s, n, 1, ahead); break;
+    case 3: dense_scores_tile16<F, R, 3>(data, stride, scale, j, q, d, s, n, 1, ahead); break;
     default: break;
   }
 }
@@ -454,17 +491,21 @@ KVLAB_TARGET_AVX512 void dense_scores_rows16(const uint8_t* data, int64_t stride
 template <KvFormat F>
 KVLAB_TARGET_AVX512 void dense_scores16(const uint8_t* data, int64_t stride, const uint16_t* scale, int n,
                                         int d, const float* q, int rows, float* s) {
+  const ReadAhead ah = read_ahead(data, int64_t(n) * stride);
+  if (F == KvFormat::kFp8) read_ahead_meta(scale, nullptr, 2 * int64_t(n));
   for (int r0 = 0; r0 < rows; r0 += 4) {
     const float* qr = q + int64_t(r0) * d;
     float* sr = s + int64_t(r0) * n;
-    with_rows(rows - r0, [&]<int R>() { dense_scores_rows16<F, R>(data, stride, scale, n, qr, d, sr); });
+    const uint8_t* ahead = r0 == 0 ? ah.p : nullptr;
+    with_rows(rows - r0, [&]<int R>() { dense_scores_rows16<F, R>(data, stride, scale, n, qr, d, sr, ahead); });
   }
 }
 
 // ---- dense accumulate: tiles of R rows x C vectors of 16 channels, keys streaming past --------
 
 template <KvFormat F, int R, int C>
-KVLAB_TARGET_AVX512 void dense_acc_tile16(const KvBlock& v, const float* p, int c0, float* acc) {
+KVLAB_TARGET_AVX512 void dense_acc_tile16(const KvBlock& v, const float* p, int c0, float* acc,
+                                          const uint8_t* ahead) {
   const int n = v.n, d = v.d;
   __mmask16 m[C];
   KVLAB_UNROLL
@@ -477,6 +518,11 @@ KVLAB_TARGET_AVX512 void dense_acc_tile16(const KvBlock& v, const float* p, int 
   }
   for (int j = 0; j < n; ++j) {
     const uint8_t* row = v.data + j * v.stride;
+    if (ahead) {
+      for (int64_t o = 0; o < 16 * C * element_bytes(F); o += 64) {
+        __builtin_prefetch(ahead + j * v.stride + c0 * element_bytes(F) + o, 0, 2);
+      }
+    }
     __m512 vv[C];
     KVLAB_UNROLL
     for (int c = 0; c < C; ++c) vv[c] = load_dense16<F>(row, c0 + 16 * c, m[c]);
@@ -497,23 +543,26 @@ KVLAB_TARGET_AVX512 void dense_acc_tile16(const KvBlock& v, const float* p, int 
 }
 
 template <KvFormat F, int R>
-KVLAB_TARGET_AVX512 void dense_acc_rows16(const KvBlock& v, const float* p, float* acc) {
+KVLAB_TARGET_AVX512 void dense_acc_rows16(const KvBlock& v, const float* p, float* acc, const uint8_t* ahead) {
   for (int c0 = 0; c0 < v.d; c0 += 64) {
     switch ((std::min(64, v.d - c0) + 15) / 16) {
-      case 1: dense_acc_tile16<F, R, 1>(v, p, c0, acc); break;
-      case 2: dense_acc_tile16<F, R, 2>(v, p, c0, acc); break;
-      case 3: dense_acc_tile16<F, R, 3>(v, p, c0, acc); break;
-      default: dense_acc_tile16<F, R, 4>(v, p, c0, acc); break;
+      case 1: dense_acc_tile16<F, R, 1>(v, p, c0, acc, ahead); break;
+      case 2: dense_acc_tile16<F, R, 2>(v, p, c0, acc, ahead); break;
+      case 3: dense_acc_tile16<F, R, 3>(v, p, c0, acc, ahead); break;
+      default: dense_acc_tile16<F, R, 4>(v, p, c0, acc, ahead); break;
     }
   }
 }
 
 template <KvFormat F>
 KVLAB_TARGET_AVX512 void dense_acc16(const KvBlock& v, const float* p, int rows, float* acc) {
+  const ReadAhead ah = read_ahead(v.data, int64_t(v.n) * v.stride);
+  if (F == KvFormat::kFp8) read_ahead_meta(v.scale, nullptr, 2 * int64_t(v.n));
   for (int r0 = 0; r0 < rows; r0 += 4) {
     const float* pr = p + int64_t(r0) * v.n;
     float* ar = acc + int64_t(r0) * v.d;
-    with_rows(rows - r0, [&]<int R>() { dense_acc_rows16<F, R>(v, pr, ar); });
+    const uint8_t* ahead = r0 == 0 ? ah.p : nullptr;
+    with_rows(rows - r0, [&]<int R>() { dense_acc_rows16<F, R>(v, pr, ar, ahead); });
   }
 }
 
@@ -773,6 +822,7 @@ KVLAB_TARGET_AVX512 void int_channel_acc_rows16(const KvBlock& v, const float* p
 constexpr int kVnniMaxTokens = 128;
 
 
+
 // acc += vpdpbusd(u8 a, s8 b). Inline assembly: GCC 12 models the intrinsic as a three-operand
 // operation and surrounds every use with register copies of the accumulators.
 KVLAB_TARGET_AVX512_VNNI inline void dpbusd(__m512i& acc, __m512i a, __m512i b) {
@@ -806,44 +856,56 @@ struct QuantQuery {
   float z;
 };
 
-KVLAB_TARGET_AVX512_VNNI void quantize_query(const KvBlock& k, const float* q, QuantQuery* out) {
+// Rows r < R of q (d floats apart), each quantized alone (the same operations as for a single
+// row); the block's scales and zeros are converted once for all of them.
+template <int R>
+KVLAB_TARGET_AVX512_VNNI void quantize_query_rows(const KvBlock& k, const float* q, QuantQuery* out) {
   const int d = k.d;
-  alignas(64) float qp[kMaxSimdD];
-  __m512 amax = _mm512_setzero_ps(), zacc = _mm512_setzero_ps();
+  alignas(64) float qp[R][kMaxSimdD];
+  __m512 amax[R], zacc[R];
+  KVLAB_UNROLL
+  for (int r = 0; r < R; ++r) amax[r] = zacc[r] = _mm512_setzero_ps();
   for (int c = 0; c < d; c += 16) {
     const __mmask16 m = mask16(d - c);
-    const __m512 qv = _mm512_maskz_loadu_ps(m, q + c);
     const __m512 sc = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, k.scale + c));
     const __m512 zr = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, k.zero + c));
-    const __m512 v = _mm512_mul_ps(qv, sc);
-    _mm512_store_ps(qp + c, v);
-    amax = _mm512_max_ps(amax, _mm512_abs_ps(v));
-    zacc = _mm512_fmadd_ps(qv, zr, zacc);
+    KVLAB_UNROLL
+    for (int r = 0; r < R; ++r) {
+      const __m512 qv = _mm512_maskz_loadu_ps(m, q + r * d + c);
+      const __m512 v = _mm512_mul_ps(qv, sc);
+      _mm512_store_ps(qp[r] + c, v);
+      amax[r] = _mm512_max_ps(amax[r], _mm512_abs_ps(v));
+      zacc[r] = _mm512_fmadd_ps(qv, zr, zacc[r]);
+    }
   }
-  const float mx = _mm512_reduce_max_ps(amax);
-  const float qs = mx > 0.0f ? mx / 127.0f : 0.0f;
-  const float inv = mx > 0.0f ? 127.0f / mx : 0.0f;
-  __m512 dacc = _mm512_setzero_ps();
-  uint8_t* qb = reinterpret_cast<uint8_t*>(out->qd);
-  for (int c = 0; c < d; c += 16) {
-    const __m512 v = _mm512_load_ps(qp + c);  // 0 beyond d (masked loads above)
-    const __m512i qi = _mm512_cvt_roundps_epi32(_mm512_mul_ps(v, _mm512_set1_ps(inv)),
-                                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    dacc = _mm512_add_ps(dacc, _mm512_fnmadd_ps(_mm512_set1_ps(qs), _mm512_cvtepi32_ps(qi), v));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(qb + c), _mm512_cvtsepi32_epi8(qi));
-  }
-  for (int c = d; c < ((d + 3) & ~3); ++c) qb[c] = 0;
   const float m_half = float((1 << k.bits) - 1) * 0.5f;
-  out->qs = qs;
-  out->z = std::fma(m_half, hsum16(dacc), hsum16(zacc));
+  KVLAB_UNROLL
+  for (int r = 0; r < R; ++r) {
+    const float mx = _mm512_reduce_max_ps(amax[r]);
+    const float qs = mx > 0.0f ? mx / 127.0f : 0.0f;
+    const float inv = mx > 0.0f ? 127.0f / mx : 0.0f;
+    __m512 dacc = _mm512_setzero_ps();
+    uint8_t* qb = reinterpret_cast<uint8_t*>(out[r].qd);
+    for (int c = 0; c < d; c += 16) {
+      const __m512 v = _mm512_load_ps(qp[r] + c);  // 0 beyond d (masked loads above)
+      const __m512i qi = _mm512_cvt_roundps_epi32(_mm512_mul_ps(v, _mm512_set1_ps(inv)),
+                                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      dacc = _mm512_add_ps(dacc, _mm512_fnmadd_ps(_mm512_set1_ps(qs), _mm512_cvtepi32_ps(qi), v));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(qb + c), _mm512_cvtsepi32_epi8(qi));
+    }
+    for (int c = d; c < ((d + 3) & ~3); ++c) qb[c] = 0;
+    out[r].qs = qs;
+    out[r].z = std::fma(m_half, hsum16(dacc), hsum16(zacc[r]));
+  }
 }
 
 template <int R>
 KVLAB_TARGET_AVX512_VNNI void int_channel_scores_vnni_rows(const KvBlock& k, const float* q, float* s) {
   const int n = k.n, d = k.d, bits = k.bits;
   QuantQuery qq[R];
-  KVLAB_UNROLL
-  for (int r = 0; r < R; ++r) quantize_query(k, q + r * d, &qq[r]);
+  const ReadAhead ah = read_ahead(k.data, int64_t(d) * k.stride);
+  read_ahead_meta(k.scale, k.zero, 2 * int64_t(d));
+  quantize_query_rows<R>(k, q, qq);
   const VnniTables& tb = vnni_tables(bits);
   const int64_t sb = packed_bytes(n, bits);
   for (int t0 = 0; t0 < n; t0 += 64) {
@@ -856,6 +918,7 @@ KVLAB_TARGET_AVX512_VNNI void int_channel_scores_vnni_rows(const KvBlock& k, con
       for (int kk = 0; kk < 4; ++kk) acc[r][kk] = _mm512_setzero_si512();
     }
     for (int c = 0; c < d; c += 4) {
+      if (t0 == 0) read_ahead_lines(ah, int64_t(c) * k.stride, 4 * k.stride);
       __m512i y[4];
       KVLAB_UNROLL
       for (int cc = 0; cc < 4; ++cc) {
@@ -879,6 +942,250 @@ KVLAB_TARGET_AVX512_VNNI void int_channel_scores_vnni_rows(const KvBlock& k, con
         _mm512_mask_storeu_ps(s + r * n + t0 + 16 * kk, mask16(n - t0 - 16 * kk),
                               _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][kk]), qs, z));
       }
+    }
+  }
+}
+
+// ---- kIntChannel scores, 4- and 2-bit: codes expanded with byte interleaves and shifts ---------
+// The generic expansion above spends 16 shuffles per 64 tokens x 4 channels; these paths
+// interleave the PACKED bytes of four channels first (one byte of each per dword) and split the
+// 2 or 4 codes of every byte with a shift and a mask, so the shuffles drop to 4 (4-bit) or 1-3
+// (2-bit) per 128 tokens x 4 channels per pass; vpdpbusd is then the limit. The tokens come out
+// in a fixed permutation of their order, undone on the finished f32 scores with a few lane
+// shuffles. Each integer sum is the same exact sum as on the generic path (the same products),
+// so the scores are bit for bit those of the generic path.
+
+// The 4x4 transpose of 128-bit lanes: lane L of out[i] = lane i of in[L].
+KVLAB_TARGET_AVX512 inline void transpose_lanes_ps(const __m512 (&in)[4], __m512 (&out)[4]) {
+  const __m512 t0 = _mm512_shuffle_f32x4(in[0], in[1], 0x44), t1 = _mm512_shuffle_f32x4(in[0], in[1], 0xee);
+  const __m512 t2 = _mm512_shuffle_f32x4(in[2], in[3], 0x44), t3 = _mm512_shuffle_f32x4(in[2], in[3], 0xee);
+  out[0] = _mm512_shuffle_f32x4(t0, t2, 0x88);
+  out[1] = _mm512_shuffle_f32x4(t0, t2, 0xdd);
+  out[2] = _mm512_shuffle_f32x4(t1, t3, 0x88);
+  out[3] = _mm512_shuffle_f32x4(t1, t3, 0xdd);
+}
+
+KVLAB_TARGET_AVX512 inline void transpose_lanes_epi32(const __m512i (&in)[4], __m512i (&out)[4]) {
+  const __m512i t0 = _mm512_shuffle_i32x4(in[0], in[1], 0x44), t1 = _mm512_shuffle_i32x4(in[0], in[1], 0xee);
+  const __m512i t2 = _mm512_shuffle_i32x4(in[2], in[3], 0x44), t3 = _mm512_shuffle_i32x4(in[2], in[3], 0xee);
+  out[0] = _mm512_shuffle_i32x4(t0, t2, 0x88);
+  out[1] = _mm512_shuffle_i32x4(t0, t2, 0xdd);
+  out[2] = _mm512_shuffle_i32x4(t1, t3, 0x88);
+  out[3] = _mm512_shuffle_i32x4(t1, t3, 0xdd);
+}
+
+// 4-bit, pass P of a 4-stream byte interleave: x[0..3] hold 64 packed bytes of four streams
+// (channels of a key block, tokens of a value block). Dword m of 128-bit lane L of v[k][h] holds
+// the four streams' code 2 i + h, i = 16 L + 8 P + 4 k + m (h = 0: low nibble of byte i).
+template <int P>
+KVLAB_TARGET_AVX512_VNNI inline void split4(const __m512i (&x)[4], __m512i (&v)[2][2]) {
+  const __m512i lo4 = _mm512_set1_epi8(0x0f);
+  const __m512i a = P == 0 ? _mm512_unpacklo_epi8(x[0], x[1]) : _mm512_unpackhi_epi8(x[0], x[1]);
+  const __m512i b = P == 0 ? _mm512_unpacklo_epi8(x[2], x[3]) : _mm512_unpackhi_epi8(x[2], x[3]);
+  const __m512i d0 = _mm512_unpacklo_epi16(a, b), d1 = _mm512_unpackhi_epi16(a, b);
+  v[0][0] = _mm512_and_si512(d0, lo4);
+  v[0][1] = _mm512_and_si512(_mm512_srli_epi16(d0, 4), lo4);
+  v[1][0] = _mm512_and_si512(d1, lo4);
+  v[1][1] = _mm512_and_si512(_mm512_srli_epi16(d1, 4), lo4);
+}
+
+// 2-bit, pass P: x01 holds 32 packed bytes of streams 0 and 1 (lanes 0-1, 2-3), x23 of streams 2
+// and 3. Dword m of v[e] holds the four streams' code 4 i + e, i = 16 P + m.
+struct Interleave2Table {
+  alignas(64) uint8_t idx[2][64];
+};
+constexpr Interleave2Table make_interleave2() {
+  Interleave2Table t{};
+  for (int p = 0; p < 2; ++p) {
+    for (int m = 0; m < 16; ++m) {
+      for (int s = 0; s < 4; ++s) t.idx[p][4 * m + s] = uint8_t((s / 2) * 64 + (s % 2) * 32 + 16 * p + m);
+    }
+  }
+  return t;
+}
+constexpr Interleave2Table kInterleave2 = make_interleave2();
+
+template <int P>
+KVLAB_TARGET_AVX512_VNNI inline void split2(__m512i x01, __m512i x23, __m512i (&v)[4]) {
+  const __m512i lo2 = _mm512_set1_epi8(0x03);
+  const __m512i d = _mm512_permutex2var_epi8(x01, _mm512_load_si512(kInterleave2.idx[P]), x23);
+  v[0] = _mm512_and_si512(d, lo2);
+  v[1] = _mm512_and_si512(_mm512_srli_epi16(d, 2), lo2);
+  v[2] = _mm512_and_si512(_mm512_srli_epi16(d, 4), lo2);
+  v[3] = _mm512_and_si512(_mm512_srli_epi16(d, 6), lo2);
+}
+
+// split2's order back in natural order: out[L] holds outputs 64 P + 16 L + 0..15.
+KVLAB_TARGET_AVX512 inline void unsplit2_ps(const __m512 (&f)[4], __m512 (&out)[4]) {
+  const __m512 t0 = _mm512_unpacklo_ps(f[0], f[1]), t1 = _mm512_unpackhi_ps(f[0], f[1]);
+  const __m512 t2 = _mm512_unpacklo_ps(f[2], f[3]), t3 = _mm512_unpackhi_ps(f[2], f[3]);
+  const __m512 u[4] = {
+      _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t0), _mm512_castps_pd(t2))),
+      _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t0), _mm512_castps_pd(t2))),
+      _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t1), _mm512_castps_pd(t3))),
+      _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t1), _mm512_castps_pd(t3)))};
+  transpose_lanes_ps(u, out);
+}
+
+KVLAB_TARGET_AVX512 inline void unsplit2_epi32(const __m512i (&f)[4], __m512i (&out)[4]) {
+  const __m512i t0 = _mm512_unpacklo_epi32(f[0], f[1]), t1 = _mm512_unpackhi_epi32(f[0], f[1]);
+  const __m512i t2 = _mm512_unpacklo_epi32(f[2], f[3]), t3 = _mm512_unpackhi_epi32(f[2], f[3]);
+  const __m512i u[4] = {_mm512_unpacklo_epi64(t0, t2), _mm512_unpackhi_epi64(t0, t2), _mm512_unpacklo_epi64(t1, t3),
+                        _mm512_unpackhi_epi64(t1, t3)};
+  transpose_lanes_epi32(u, out);
+}
+
+// split4's order back in natural order: f[k][h] as split4's v; out[L] holds outputs
+// 32 L + 16 P + 0..15.
+KVLAB_TARGET_AVX512 inline void unsplit4_ps(const __m512 (&f)[2][2], __m512 (&out)[4]) {
+  const __m512 w[4] = {_mm512_unpacklo_ps(f[0][0], f[0][1]), _mm512_unpackhi_ps(f[0][0], f[0][1]),
+                       _mm512_unpacklo_ps(f[1][0], f[1][1]), _mm512_unpackhi_ps(f[1][0], f[1][1])};
+  transpose_lanes_ps(w, out);
+}
+
+KVLAB_TARGET_AVX512 inline void unsplit4_epi32(const __m512i (&f)[2][2], __m512i (&out)[4]) {
+  const __m512i w[4] = {_mm512_unpacklo_epi32(f[0][0], f[0][1]), _mm512_unpackhi_epi32(f[0][0], f[0][1]),
+                        _mm512_unpacklo_epi32(f[1][0], f[1][1]), _mm512_unpackhi_epi32(f[1][0], f[1][1])};
+  transpose_lanes_epi32(w, out);
+}
+
+// 4-bit keys: per tile of 128 tokens (64 bytes of each channel) two passes of 64 tokens, each
+// with 16 accumulators (R = 4).
+template <int R, int P, bool kTail>
+KVLAB_TARGET_AVX512_VNNI inline void channel4_step(const KvBlock& k, const QuantQuery (&qq)[R], int c, int64_t off,
+                                                   __mmask64 lm, __m512i (&acc)[R][2][2]) {
+  __m512i x[4];
+  KVLAB_UNROLL
+  for (int i = 0; i < 4; ++i) {
+    x[i] = !kTail || c + i < k.d ? _mm512_maskz_loadu_epi8(lm, k.data + (c + i) * k.stride + off)
+                                 : _mm512_setzero_si512();
+  }
+  __m512i v[2][2];
+  split4<P>(x, v);
+  KVLAB_UNROLL
+  for (int r = 0; r < R; ++r) {
+    const __m512i qb = _mm512_set1_epi32(qq[r].qd[c / 4]);
+    KVLAB_UNROLL
+    for (int kk = 0; kk < 2; ++kk) {
+      KVLAB_UNROLL
+      for (int h = 0; h < 2; ++h) dpbusd(acc[r][kk][h], v[kk][h], qb);
+    }
+  }
+}
+
+template <int R, int P>
+KVLAB_TARGET_AVX512_VNNI void channel4_pass(const KvBlock& k, const QuantQuery (&qq)[R], int t0, float* s,
+                                            const ReadAhead& ah) {
+  const int n = k.n, d = k.d;
+  const int64_t off = t0 / 2;
+  const __mmask64 lm = mask64(std::min<int64_t>(64, packed_bytes(n, 4) - off));
+  __m512i acc[R][2][2];
+  KVLAB_UNROLL
+  for (int r = 0; r < R; ++r) {
+    KVLAB_UNROLL
+    for (int i = 0; i < 4; ++i) acc[r][i / 2][i % 2] = _mm512_setzero_si512();
+  }
+  int c = 0;
+  for (; c + 4 <= d; c += 4) {
+    if (P == 0) read_ahead_lines(ah, int64_t(c) * k.stride, 4 * k.stride);
+    channel4_step<R, P, false>(k, qq, c, off, lm, acc);
+  }
+  if (c < d) channel4_step<R, P, true>(k, qq, c, off, lm, acc);
+  KVLAB_UNROLL
+  for (int r = 0; r < R; ++r) {
+    const __m512 qs = _mm512_set1_ps(qq[r].qs), z = _mm512_set1_ps(qq[r].z);
+    __m512 f[2][2], o[4];
+    KVLAB_UNROLL
+    for (int i = 0; i < 4; ++i) f[i / 2][i % 2] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][i / 2][i % 2]), qs, z);
+    unsplit4_ps(f, o);
+    KVLAB_UNROLL
+    for (int L = 0; L < 4; ++L) {
+      const int j = t0 + 32 * L + 16 * P;
+      if (j < n) _mm512_mask_storeu_ps(s + r * n + j, mask16(n - j), o[L]);
+    }
+  }
+}
+
+// 2-bit keys: per tile of 128 tokens (32 bytes of each channel) two passes of 64 tokens. Four
+// channels' bytes are gathered into two vectors (one load each when the channels are 32 bytes
+// apart) and interleaved by one vpermt2b.
+template <int R, int P, bool kTail, bool kPacked>
+KVLAB_TARGET_AVX512_VNNI inline void channel2_step(const KvBlock& k, const QuantQuery (&qq)[R], int c, int64_t off,
+                                                   __mmask32 lm, __m512i (&acc)[R][4]) {
+  __m512i x[2];
+  KVLAB_UNROLL
+  for (int i = 0; i < 2; ++i) {
+    const int c0 = c + 2 * i;
+    if (kPacked && !kTail) {  // channels c0, c0 + 1 in one 64-byte load (off = 0: n <= 128)
+      x[i] = _mm512_maskz_loadu_epi8(__mmask64(lm) | (__mmask64(lm) << 32), k.data + c0 * k.stride);
+    } else {
+      const __m256i a = !kTail || c0 < k.d ? _mm256_maskz_loadu_epi8(lm, k.data + c0 * k.stride + off)
+                                           : _mm256_setzero_si256();
+      const __m256i b = !kTail || c0 + 1 < k.d ? _mm256_maskz_loadu_epi8(lm, k.data + (c0 + 1) * k.stride + off)
+                                               : _mm256_setzero_si256();
+      x[i] = _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
+    }
+  }
+  __m512i v[4];
+  split2<P>(x[0], x[1], v);
+  KVLAB_UNROLL
+  for (int r = 0; r < R; ++r) {
+    const __m512i qb = _mm512_set1_epi32(qq[r].qd[c / 4]);
+    KVLAB_UNROLL
+    for (int e = 0; e < 4; ++e) dpbusd(acc[r][e], v[e], qb);
+  }
+}
+
+template <int R, int P, bool kPacked>
+KVLAB_TARGET_AVX512_VNNI void channel2_pass(const KvBlock& k, const QuantQuery (&qq)[R], int t0, float* s,
+                                            const ReadAhead& ah) {
+  const int n = k.n, d = k.d;
+  const int64_t off = t0 / 4;
+  const __mmask32 lm = __mmask32(mask64(std::min<int64_t>(32, packed_bytes(n, 2) - off)));
+  __m512i acc[R][4];
+  KVLAB_UNROLL
+  for (int r = 0; r < R; ++r) {
+    KVLAB_UNROLL
+    for (int e = 0; e < 4; ++e) acc[r][e] = _mm512_setzero_si512();
+  }
+  int c = 0;
+  for (; c + 4 <= d; c += 4) {
+    if (P == 0) read_ahead_lines(ah, int64_t(c) * k.stride, 4 * k.stride);
+    channel2_step<R, P, false, kPacked>(k, qq, c, off, lm, acc);
+  }
+  if (c < d) channel2_step<R, P, true, kPacked>(k, qq, c, off, lm, acc);
+  KVLAB_UNROLL
+  for (int r = 0; r < R; ++r) {
+    const __m512 qs = _mm512_set1_ps(qq[r].qs), z = _mm512_set1_ps(qq[r].z);
+    __m512 f[4], o[4];
+    KVLAB_UNROLL
+    for (int e = 0; e < 4; ++e) f[e] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][e]), qs, z);
+    unsplit2_ps(f, o);
+    KVLAB_UNROLL
+    for (int L = 0; L < 4; ++L) {
+      const int j = t0 + 64 * P + 16 * L;
+      if (j < n) _mm512_mask_storeu_ps(s + r * n + j, mask16(n - j), o[L]);
+    }
+  }
+}
+
+template <int R>
+KVLAB_TARGET_AVX512_VNNI void int_channel_scores_vnni24_rows(const KvBlock& k, const float* q, float* s) {
+  QuantQuery qq[R];
+  const ReadAhead ah = read_ahead(k.data, int64_t(k.d) * k.stride);
+  read_ahead_meta(k.scale, k.zero, 2 * int64_t(k.d));
+  quantize_query_rows<R>(k, q, qq);
+  for (int t0 = 0; t0 < k.n; t0 += 128) {
+    const ReadAhead& a = t0 == 0 ? ah : ReadAhead();  // the first tile's pass reads every line
+    if (k.bits == 4) {
+      channel4_pass<R, 0>(k, qq, t0, s, a);
+      if (t0 + 16 < k.n) channel4_pass<R, 1>(k, qq, t0, s, a);
+    } else if (k.stride == 32) {
+      channel2_pass<R, 0, true>(k, qq, t0, s, a);
+      if (t0 + 64 < k.n) channel2_pass<R, 1, true>(k, qq, t0, s, a);
+    } else {
+      channel2_pass<R, 0, false>(k, qq, t0, s, a);
+      if (t0 + 64 < k.n) channel2_pass<R, 1, false>(k, qq, t0, s, a);
     }
   }
 }
@@ -974,6 +1281,8 @@ KVLAB_TARGET_AVX512_VNNI void int_token_acc_vnni_rows(const KvBlock& v, const fl
   const VnniTables& tb = vnni_tables(bits);
   const int64_t rb = packed_bytes(d, bits);
   QuantProbs qp[R];
+  const ReadAhead ah = read_ahead(v.data, int64_t(n) * v.stride);
+  read_ahead_meta(v.scale, v.zero, 2 * int64_t(n) * G);
   for (int j0 = 0; j0 < n; j0 += kVnniMaxTokens) {
     const int nc = std::min(kVnniMaxTokens, n - j0);
     KVLAB_UNROLL
@@ -991,6 +1300,7 @@ KVLAB_TARGET_AVX512_VNNI void int_token_acc_vnni_rows(const KvBlock& v, const fl
         for (int kk = 0; kk < 4; ++kk) a[r][kk] = _mm512_setzero_si512();
       }
       for (int j = 0; j < nc; j += 4) {
+        if (c0 == 0) read_ahead_lines(ah, int64_t(j0 + j) * v.stride, 4 * v.stride);
         __m512i y[4];
         KVLAB_UNROLL
         for (int t = 0; t < 4; ++t) {
@@ -1020,6 +1330,204 @@ KVLAB_TARGET_AVX512_VNNI void int_token_acc_vnni_rows(const KvBlock& v, const fl
           _mm512_mask_storeu_ps(dst, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, dst), t));
         }
       }
+    }
+  }
+}
+
+// Probabilities of R rows (n floats apart) for one chunk of a kIntToken block with one group per
+// token (G = 1): quantize_probs's operations for each row, the scales and zeros converted once
+// for all rows; the bytes land in token order, which is already the [token quad][group] order.
+template <int R>
+KVLAB_TARGET_AVX512_VNNI void quantize_probs_g1(const KvBlock& v, const float* p, int n, int j0, int nc,
+                                                QuantProbs* out) {
+  alignas(64) float pp[R][kVnniMaxTokens];
+  __m512 mx[R], zacc[R];
+  KVLAB_UNROLL
+  for (int r = 0; r < R; ++r) mx[r] = zacc[r] = _mm512_setzero_ps();
+  for (int e = 0; e < nc; e += 16) {
+    const __mmask16 m = mask16(nc - e);
+    const __m512 sc = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, v.scale + j0 + e));
+    const __m512 zr = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, v.zero + j0 + e));
+    KVLAB_UNROLL
+    for (int r = 0; r < R; ++r) {
+      const __m512 pv = _mm512_maskz_loadu_ps(m, p + r * n + j0 + e);
+      const __m512 v1 = _mm512_mul_ps(pv, sc);
+      _mm512_store_ps(pp[r] + e, v1);
+      mx[r] = _mm512_max_ps(mx[r], v1);
+      zacc[r] = _mm512_fmadd_ps(pv, zr, zacc[r]);
+    }
+  }
+  const float m_half = float((1 << v.bits) - 1) * 0.5f;
+  KVLAB_UNROLL
+  for (int r = 0; r < R; ++r) {
+    const float pmax = _mm512_reduce_max_ps(mx[r]);
+    const float ps = pmax > 0.0f ? pmax / 255.0f : 0.0f;
+    const float inv = pmax > 0.0f ? 255.0f / pmax : 0.0f;
+    __m512 dacc = _mm512_setzero_ps();
+    uint8_t* pd = reinterpret_cast<uint8_t*>(out[r].pd);
+    for (int e = 0; e < nc; e += 16) {
+      const __m512 v1 = _mm512_load_ps(pp[r] + e);  // 0 in lanes beyond the chunk
+      const __m512i qi = _mm512_cvt_roundps_epi32(_mm512_mul_ps(v1, _mm512_set1_ps(inv)),
+                                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      dacc = _mm512_add_ps(dacc, _mm512_fnmadd_ps(_mm512_set1_ps(ps), _mm512_cvtepi32_ps(qi), v1));
+      _mm_store_si128(reinterpret_cast<__m128i*>(pd + e), _mm512_cvtusepi32_epi8(qi));
+    }
+    out[r].ps = ps;
+    out[r].zg[0] = std::fma(m_half, hsum16(dacc), hsum16(zacc[r]));
+  }
+}
+
+// ---- kIntToken values, 4- and 2-bit, d = 128: the byte interleave of the key paths -------------
+// Four token rows are interleaved (one byte of each per dword, split4 / split2), so vpdpbusd takes
+// the four tokens' probabilities against their codes of one channel; the channels come out
+// permuted and the integer sums are put back in order before the one conversion per output.
+// Same exact integer sums as int_token_acc_vnni_rows: bit for bit its results.
+
+// The probabilities of token quad q for lanes whose 128-bit lane L lies in group gidx[L].
+template <bool kG1>
+KVLAB_TARGET_AVX512_VNNI inline __m512i quad_probs(const QuantProbs& qp, int q, int G, __m512i gidx) {
+  if constexpr (kG1) {
+    return _mm512_set1_epi32(qp.pd[q]);
+  } else {
+    return _mm512_permutexvar_epi32(gidx, _mm512_maskz_loadu_epi32(mask16(G), qp.pd + q * G));
+  }
+}
+
+// Lane L of the result: the group of channel c0 + stride_l * L, in every dword.
+KVLAB_TARGET_AVX512 inline __m512i lane_groups(int c0, int stride_l, int group) {
+  return _mm512_setr_epi32(c0 / group, c0 / group, c0 / group, c0 / group, (c0 + stride_l) / group,
+                           (c0 + stride_l) / group, (c0 + stride_l) / group, (c0 + stride_l) / group,
+                           (c0 + 2 * stride_l) / group, (c0 + 2 * stride_l) / group, (c0 + 2 * stride_l) / group,
+                           (c0 + 2 * stride_l) / group, (c0 + 3 * stride_l) / group, (c0 + 3 * stride_l) / group,
+                           (c0 + 3 * stride_l) / group, (c0 + 3 * stride_l) / group);
+}
+
+// acc[c0 + 16 L + i] += o[L][i] * ps + zg[group of c0 + 16 L] for the 64 channels of one pass,
+// L = 0..3 at channel offsets `lane_off[L]`.
+template <int R>
+KVLAB_TARGET_AVX512 inline void token_acc_store(const QuantProbs& qp, const __m512i (&o)[4], const int (&c)[4],
+                                                int group, float* acc) {
+  const __m512 ps = _mm512_set1_ps(qp.ps);
+  KVLAB_UNROLL
+  for (int L = 0; L < 4; ++L) {
+    float* dst = acc + c[L];
+    const __m512 t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(o[L]), ps, _mm512_set1_ps(qp.zg[c[L] / group]));
+    _mm512_storeu_ps(dst, _mm512_add_ps(_mm512_loadu_ps(dst), t));
+  }
+}
+
+template <int R, int P, bool kG1>
+KVLAB_TARGET_AVX512_VNNI void token4_pass(const KvBlock& v, const QuantProbs (&qp)[R], int j0, int nc, float* acc,
+                                          const ReadAhead& ah) {
+  const int G = groups_of(v);
+  const __m512i gidx = lane_groups(16 * P, 32, v.group);
+  __m512i a[R][2][2];
+  KVLAB_UNROLL
+  for (int r = 0; r < R; ++r) {
+    KVLAB_UNROLL
+    for (int i = 0; i < 4; ++i) a[r][i / 2][i % 2] = _mm512_setzero_si512();
+  }
+  const uint8_t* rows = v.data + int64_t(j0) * v.stride;
+  for (int j = 0; j < nc; j += 4) {
+    if (P == 0) read_ahead_lines(ah, int64_t(j0 + j) * v.stride, 4 * v.stride);
+    __m512i x[4];
+    KVLAB_UNROLL
+    for (int t = 0; t < 4; ++t) {
+      x[t] = _mm512_maskz_loadu_epi8(j + t < nc ? ~__mmask64(0) : __mmask64(0), rows + (j + t) * v.stride);
+    }
+    __m512i cv[2][2];
+    split4<P>(x, cv);
+    KVLAB_UNROLL
+    for (int r = 0; r < R; ++r) {
+      const __m512i pv = quad_probs<kG1>(qp[r], j / 4, G, gidx);
+      KVLAB_UNROLL
+      for (int i = 0; i < 4; ++i) dpbusd(a[r][i / 2][i % 2], pv, cv[i / 2][i % 2]);
+    }
+  }
+  const int c[4] = {16 * P, 32 + 16 * P, 64 + 16 * P, 96 + 16 * P};
+  KVLAB_UNROLL
+  for (int r = 0; r < R; ++r) {
+    __m512i o[4];
+    unsplit4_epi32(a[r], o);
+    token_acc_store<R>(qp[r], o, c, v.group, acc + r * 128);
+  }
+}
+
+template <int R, int P, bool kG1, bool kPacked>
+KVLAB_TARGET_AVX512_VNNI void token2_pass(const KvBlock& v, const QuantProbs (&qp)[R], int j0, int nc, float* acc,
+                                          const ReadAhead& ah) {
+  const int G = groups_of(v);
+  const __m512i gidx = lane_groups(64 * P, 16, v.group);
+  __m512i a[R][4];
+  KVLAB_UNROLL
+  for (int r = 0; r < R; ++r) {
+    KVLAB_UNROLL
+    for (int e = 0; e < 4; ++e) a[r][e] = _mm512_setzero_si512();
+  }
+  const uint8_t* rows = v.data + int64_t(j0) * v.stride;
+  for (int j = 0; j < nc; j += 4) {
+    if (P == 0) read_ahead_lines(ah, int64_t(j0 + j) * v.stride, 4 * v.stride);
+    __m512i x[2];
+    KVLAB_UNROLL
+    for (int i = 0; i < 2; ++i) {
+      const int t = j + 2 * i;
+      const __mmask32 m0 = t < nc ? ~__mmask32(0) : __mmask32(0), m1 = t + 1 < nc ? ~__mmask32(0) : __mmask32(0);
+      if constexpr (kPacked) {  // rows t, t + 1 in one 64-byte load
+        x[i] = _mm512_maskz_loadu_epi8(__mmask64(m0) | (__mmask64(m1) << 32), rows + t * 32);
+      } else {
+        x[i] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_maskz_loadu_epi8(m0, rows + t * v.stride)),
+                                  _mm256_maskz_loadu_epi8(m1, rows + (t + 1) * v.stride), 1);
+      }
+    }
+    __m512i cv[4];
+    split2<P>(x[0], x[1], cv);
+    KVLAB_UNROLL
+    for (int r = 0; r < R; ++r) {
+      const __m512i pv = quad_probs<kG1>(qp[r], j / 4, G, gidx);
+      KVLAB_UNROLL
+      for (int e = 0; e < 4; ++e) dpbusd(a[r][e], pv, cv[e]);
+    }
+  }
+  const int c[4] = {64 * P, 64 * P + 16, 64 * P + 32, 64 * P + 48};
+  KVLAB_UNROLL
+  for (int r = 0; r < R; ++r) {
+    __m512i o[4];
+    unsplit2_epi32(a[r], o);
+    token_acc_store<R>(qp[r], o, c, v.group, acc + r * 128);
+  }
+}
+
+template <int R, bool kG1>
+KVLAB_TARGET_AVX512_VNNI void token24_chunk(const KvBlock& v, const QuantProbs (&qp)[R], int j0, int nc, float* acc,
+                                            const ReadAhead& ah) {
+  if (v.bits == 4) {
+    token4_pass<R, 0, kG1>(v, qp, j0, nc, acc, ah);
+    token4_pass<R, 1, kG1>(v, qp, j0, nc, acc, ah);
+  } else if (v.stride == 32) {
+    token2_pass<R, 0, kG1, true>(v, qp, j0, nc, acc, ah);
+    token2_pass<R, 1, kG1, true>(v, qp, j0, nc, acc, ah);
+  } else {
+    token2_pass<R, 0, kG1, false>(v, qp, j0, nc, acc, ah);
+    token2_pass<R, 1, kG1, false>(v, qp, j0, nc, acc, ah);
+  }
+}
+
+// kIntToken values with d = 128, 2 or 4 bits, group % 16 == 0.
+template <int R>
+KVLAB_TARGET_AVX512_VNNI void int_token_acc_vnni24_rows(const KvBlock& v, const float* p, float* acc) {
+  const int n = v.n;
+  QuantProbs qp[R];
+  const ReadAhead ah = read_ahead(v.data, int64_t(n) * v.stride);
+  read_ahead_meta(v.scale, v.zero, 2 * int64_t(n) * groups_of(v));
+  for (int j0 = 0; j0 < n; j0 += kVnniMaxTokens) {
+    const int nc = std::min(kVnniMaxTokens, n - j0);
+    if (groups_of(v) == 1) {
+      quantize_probs_g1<R>(v, p, n, j0, nc, qp);
+      token24_chunk<R, true>(v, qp, j0, nc, acc, ah);
+    } else {
+      KVLAB_UNROLL
+      for (int r = 0; r < R; ++r) quantize_probs(v, p + r * n, j0, nc, &qp[r]);
+      token24_chunk<R, false>(v, qp, j0, nc, acc, ah);
     }
   }
 }
@@ -1114,7 +1622,10 @@ KVLAB_TARGET_AVX512_VNNI void int_token_scores_vnni_rows(const KvBlock& k, const
     md[r] = _mm512_load_ps(a);
     qz[r] = _mm512_load_ps(b2);
   }
+  const ReadAhead ah = read_ahead(k.data, int64_t(n) * k.stride);
+  read_ahead_meta(k.scale, k.zero, 2 * int64_t(n) * G);
   for (int j = 0; j < n; j += 4) {
+    read_ahead_lines(ah, int64_t(j) * k.stride, 4 * k.stride);
     const int T = std::min(4, n - j);
     __m512i A[4], B[4];
     KVLAB_UNROLL
@@ -1185,7 +1696,9 @@ KVLAB_TARGET_AVX512 void scores_avx512(const KvBlock& k, const float* q, int row
       for (int r0 = 0; r0 < rows; r0 += 4) {
         const float* qr = q + int64_t(r0) * k.d;
         float* sr = s + int64_t(r0) * k.n;
-        if (vnni_keys(k)) {
+        if (vnni_keys(k) && (k.bits == 4 || k.bits == 2)) {
+          with_rows(rows - r0, [&]<int R>() { int_channel_scores_vnni24_rows<R>(k, qr, sr); });
+        } else if (vnni_keys(k)) {
           with_rows(rows - r0, [&]<int R>() { int_channel_scores_vnni_rows<R>(k, qr, sr); });
         } else {
           with_rows(rows - r0, [&]<int R>() { int_channel_scores_rows16<R>(k, qr, sr); });
@@ -1208,6 +1721,8 @@ KVLAB_TARGET_AVX512 void accumulate_avx512(const KvBlock& v, const float* p, int
     float* ar = acc + int64_t(r0) * v.d;
     if (v.format == KvFormat::kIntChannel) {
       with_rows(rows - r0, [&]<int R>() { int_channel_acc_rows16<R>(v, pr, ar); });
+    } else if (vnni_values(v) && v.d == 128 && (v.bits == 4 || v.bits == 2)) {
+      with_rows(rows - r0, [&]<int R>() { int_token_acc_vnni24_rows<R>(v, pr, ar); });
     } else if (vnni_values(v)) {
       with_rows(rows - r0, [&]<int R>() { int_token_acc_vnni_rows<R>(v, pr, ar); });
     } else {

@@ -127,13 +127,9 @@ KVLAB_TARGET_AVX512 inline __m512 exp_avx512(__m512 x) {
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kC2));
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  const __m512i k = _mm512_cvttps_epi32(kf);
-  const __m512i k1 = _mm512_srai_epi32(k, 1);
-  const __m512i bias = _mm512_set1_epi32(127);
-  const __m512 s1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(k1, bias), 23));
-  const __m512 s2 =
-      _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_sub_epi32(k, k1), bias), 23));
-  return _mm512_mul_ps(_mm512_mul_ps(p, s1), s2);
+  // p * 2^k with one rounding (vscalefps): the same result as the two exact-then-rounding
+  // products of step 5.
+  return _mm512_scalef_ps(p, kf);
 }
 
 KVLAB_TARGET_AVX512 void exp_avx512_n(float* x, int64_t n) {
@@ -169,21 +165,30 @@ KVLAB_TARGET_AVX512 inline float hsum_avx512(__m512 v) {
   return _mm_cvtss_f32(q);
 }
 
-KVLAB_TARGET_AVX512 void online_softmax_avx512(float* s, int rows, int n, const int32_t* key_pos,
-                                               int32_t first_pos, const int32_t* row_pos, float* m,
-                                               float* l, float* acc, int d) {
-  for (int r = 0; r < rows; ++r) {
-    float* sr = s + int64_t(r) * n;
-    __m512 mv = _mm512_set1_ps(kNegInf);
-    for (int j = 0; j < n; j += 16) {
-      const __mmask16 in = n - j >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - j)) - 1);
+// Rows are taken four at a time with their passes interleaved (independent work for the
+// out-of-order core); each row's own sequence of operations is that of a row alone.
+template <int R>
+KVLAB_TARGET_AVX512 void online_softmax_rows_avx512(float* s, int n, const int32_t* key_pos, int32_t first_pos,
+                                                    const int32_t* row_pos, float* m, float* l, float* acc, int d) {
+  __m512 mv[R];
+  for (int r = 0; r < R; ++r) mv[r] = _mm512_set1_ps(kNegInf);
+  for (int j = 0; j < n; j += 16) {
+    const __mmask16 in = n - j >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - j)) - 1);
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
       const __mmask16 vis = visible_avx512(key_pos, first_pos, j, in, row_pos, r);
-      mv = _mm512_mask_max_ps(mv, vis, _mm512_maskz_loadu_ps(vis, sr + j), mv);  // NaN scores ignored
+      mv[r] = _mm512_mask_max_ps(mv[r], vis, _mm512_maskz_loadu_ps(vis, s + int64_t(r) * n + j), mv[r]);  // NaN ignored
     }
-    const float mb = _mm512_reduce_max_ps(mv);
+  }
+  bool live[R];
+  __m512 mn[R], sum[R];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) {
+    const float mb = _mm512_reduce_max_ps(mv[r]);
     const float m_new = mb > m[r] ? mb : m[r];
-    if (m_new == kNegInf) {
-      for (int j = 0; j < n; ++j) sr[j] = 0.0f;
+    live[r] = m_new != kNegInf;
+    if (!live[r]) {
+      for (int j = 0; j < n; ++j) s[int64_t(r) * n + j] = 0.0f;
       continue;
     }
     if (m_new > m[r]) {
@@ -197,16 +202,40 @@ KVLAB_TARGET_AVX512 void online_softmax_avx512(float* s, int rows, int n, const 
       }
       m[r] = m_new;
     }
-    const __m512 mn = _mm512_set1_ps(m[r]);
-    __m512 sum = _mm512_setzero_ps();
-    for (int j = 0; j < n; j += 16) {
-      const __mmask16 in = n - j >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - j)) - 1);
+    mn[r] = _mm512_set1_ps(m[r]);
+    sum[r] = _mm512_setzero_ps();
+  }
+  for (int j = 0; j < n; j += 16) {
+    const __mmask16 in = n - j >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - j)) - 1);
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      if (!live[r]) continue;
+      float* sr = s + int64_t(r) * n;
       const __mmask16 vis = visible_avx512(key_pos, first_pos, j, in, row_pos, r);
-      const __m512 e = _mm512_maskz_mov_ps(vis, exp_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(in, sr + j), mn)));
+      const __m512 e = _mm512_maskz_mov_ps(vis, exp_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(in, sr + j), mn[r])));
       _mm512_mask_storeu_ps(sr + j, in, e);
-      sum = _mm512_add_ps(sum, e);
+      sum[r] = _mm512_add_ps(sum[r], e);
     }
-    l[r] += hsum_avx512(sum);
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) {
+    if (live[r]) l[r] += hsum_avx512(sum[r]);
+  }
+}
+
+KVLAB_TARGET_AVX512 void online_softmax_avx512(float* s, int rows, int n, const int32_t* key_pos,
+                                               int32_t first_pos, const int32_t* row_pos, float* m,
+                                               float* l, float* acc, int d) {
+  for (int r0 = 0; r0 < rows; r0 += 4) {
+    float* sr = s + int64_t(r0) * n;
+    float* ar = acc + int64_t(r0) * d;
+    const int32_t* rp = row_pos ? row_pos + r0 : nullptr;
+    switch (rows - r0) {
+      case 1: online_softmax_rows_avx512<1>(sr, n, key_pos, first_pos, rp, m + r0, l + r0, ar, d); break;
+      case 2: online_softmax_rows_avx512<2>(sr, n, key_pos, first_pos, rp, m + r0, l + r0, ar, d); break;
+      case 3: online_softmax_rows_avx512<3>(sr, n, key_pos, first_pos, rp, m + r0, l + r0, ar, d); break;
+      default: online_softmax_rows_avx512<4>(sr, n, key_pos, first_pos, rp, m + r0, l + r0, ar, d); break;
+    }
   }
 }
 
