@@ -154,6 +154,7 @@ JsonObject DecodeEvalResult::to_json(const PolicyRun& run) const {
       .add("meta_bytes", run.memory[MemoryKind::kMeta])
       .add("exact_bytes", run.memory[MemoryKind::kExact])
       .add("index_bytes", run.memory[MemoryKind::kIndex])
+      .add("derived_bytes", run.memory[MemoryKind::kDerived])
       .add("prefill_seconds", run.prefill_seconds)
       .add("threads", omp_get_max_threads())
       .add("isa", isa_name(active_isa()));

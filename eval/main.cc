@@ -6,6 +6,8 @@
 //                   [--prefill P] [--windows W] [--json OUT]
 //   kvlab ppl       --model M --text FILE [--paragraphs N] [--policy SPEC]
 //   kvlab logits    --model M (--prompt TEXT | --ids 1,2,3) --out FILE.npy [--policy SPEC]
+//   kvlab calibrate --model M --text FILE --policy aquakv:... --out FILE [--policy .. --out ..]
+//                   [--lines A-B] [--tokens N] [--window W]
 //   kvlab policies
 // Common: [--tokenizer FILE] [--threads T] [--quiet]
 #include <omp.h>
@@ -24,6 +26,7 @@
 #include "base/json.h"
 #include "base/progress.h"
 #include "base/status.h"
+#include "eval/calibrate.h"
 #include "eval/decode_eval.h"
 #include "eval/metrics.h"
 #include "eval/npy.h"
@@ -49,6 +52,8 @@ constexpr const char* kUsage =
     "                                           perplexity over blank-line-separated paragraphs\n"
     "  logits    --model M (--prompt TEXT | --ids 1,2,3) --out FILE.npy [--policy SPEC]\n"
     "                                           f32 logits of every position of one prefill\n"
+    "  calibrate --model M --text FILE --policy aquakv:bits=B,... --out FILE [--policy P --out F ...]\n"
+    "            [--lines A-B] [--tokens N] [--window W]   AQUA-KV predictors from the model's own K/V\n"
     "  policies                                 registered cache policies and their parameters\n"
     "\n"
     "common options: --tokenizer FILE (llama2.c models), --threads T, --quiet\n"
@@ -286,6 +291,31 @@ Status cmd_eval(const Args& a) {
   return Status::Ok();
 }
 
+Status cmd_calibrate(const Args& a) {
+  CalibrateConfig cfg;
+  KVLAB_ASSIGN_OR_RETURN(cfg.text_path, a.get("--text"));
+  cfg.policies = a.all("--policy");
+  cfg.outputs = a.all("--out");
+  KVLAB_ASSIGN_OR_RETURN(cfg.tokens, a.get_int("--tokens", cfg.tokens, 16, int64_t(1) << 32));
+  KVLAB_ASSIGN_OR_RETURN(int64_t window, a.get_int("--window", cfg.window, 2, 1 << 24));
+  cfg.window = int(window);
+  if (a.has("--lines")) {
+    const std::string s = a.all("--lines").back();
+    int x = 0, y = 0, used = 0;
+    if (std::sscanf(s.c_str(), "%d-%d%n", &x, &y, &used) != 2 || used != int(s.size()) || x < 1 || y < x) {
+      return invalid_argument("--lines needs A-B with 1 <= A <= B, got '" + s + "'");
+    }
+    cfg.first_line = x, cfg.last_line = y;
+  }
+  KVLAB_ASSIGN_OR_RETURN(auto model, load_model(a));
+  Progress progress(a.has("--quiet"));
+  const auto t0 = std::chrono::steady_clock::now();
+  KVLAB_ASSIGN_OR_RETURN(CalibrateResult r, run_calibration(*model, cfg, progress));
+  std::fputs(format_calibration(r, cfg).c_str(), stdout);
+  std::printf("total %.1f s\n", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  return Status::Ok();
+}
+
 Status cmd_ppl(const Args& a) {
   KVLAB_ASSIGN_OR_RETURN(std::string text, a.get("--text"));
   KVLAB_ASSIGN_OR_RETURN(int64_t n, a.get_int("--paragraphs", -1, -1, 1 << 30));
@@ -367,6 +397,7 @@ Status run(int argc, char** argv) {
   else if (cmd == "generate") options = with_common({"--prompt", "-n", "--policy", "--temperature", "--seed"});
   else if (cmd == "eval") options = with_common({"--text", "--policy", "--context", "--prefill", "--windows", "--json"});
   else if (cmd == "ppl") options = with_common({"--text", "--paragraphs", "--policy"});
+  else if (cmd == "calibrate") options = with_common({"--text", "--policy", "--out", "--lines", "--tokens", "--window"});
   else if (cmd == "logits") options = with_common({"--prompt", "--ids", "--out", "--policy"});
   else return invalid_argument("unknown command '" + cmd + "'\n" + std::string(kUsage));
   KVLAB_ASSIGN_OR_RETURN(Args args, Args::parse(argc, argv, 2, options, flags));
@@ -375,6 +406,7 @@ Status run(int argc, char** argv) {
   if (cmd == "generate") return cmd_generate(args);
   if (cmd == "eval") return cmd_eval(args);
   if (cmd == "logits") return cmd_logits(args);
+  if (cmd == "calibrate") return cmd_calibrate(args);
   return cmd_ppl(args);
 }
 

@@ -11,6 +11,7 @@ const char* memory_kind_name(MemoryKind kind) {
     case MemoryKind::kExact: return "exact";
     case MemoryKind::kIndex: return "index";
     case MemoryKind::kSide: return "side";
+    case MemoryKind::kDerived: return "derived";
     case MemoryKind::kCount: break;
   }
   return "?";

@@ -20,6 +20,8 @@ enum class MemoryKind {
   kExact,        // full-precision tokens a compressing policy keeps (sink, buffer, residual)
   kIndex,        // bookkeeping: page tables, per-sequence lists
   kSide,         // model-level side data (predictors, bases): not per-sequence, not in kv_bytes
+  kDerived,      // working copies recomputable from the stored state (AQUA-KV's reconstructed
+                 // chain): reported on its own, not in kv_bytes
   kCount,
 };
 
@@ -29,8 +31,8 @@ struct MemoryReport {
   std::array<int64_t, size_t(MemoryKind::kCount)> bytes{};
 
   int64_t operator[](MemoryKind k) const { return bytes[size_t(k)]; }
-  // Bytes of K/V state: everything but side data.
-  int64_t kv_bytes() const { return total() - (*this)[MemoryKind::kSide]; }
+  // Bytes of K/V state: everything but side data and derived working copies.
+  int64_t kv_bytes() const { return total() - (*this)[MemoryKind::kSide] - (*this)[MemoryKind::kDerived]; }
   int64_t total() const {
     int64_t t = 0;
     for (int64_t b : bytes) t += b;

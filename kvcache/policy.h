@@ -24,6 +24,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "attention/observer.h"
@@ -42,6 +43,9 @@ struct KvGeometry {
   int n_kv_heads = 0;  // GQA: query head h reads kv head h / (n_heads / n_kv_heads)
   int head_dim = 0;
   int max_seq_len = 0;  // positions are < max_seq_len
+  // Identifies the model's K/V projections (Model::fingerprint); side data calibrated on one
+  // model (AQUA-KV predictors) is refused for another. 0: unknown.
+  uint64_t model_fingerprint = 0;
   int kv_dim() const { return n_kv_heads * head_dim; }
   int q_dim() const { return n_heads * head_dim; }
   int group() const { return n_heads / n_kv_heads; }
@@ -64,6 +68,14 @@ struct LayerContents {
   std::vector<int32_t> positions;  // [n]
   std::vector<float> k;            // [n, kv_dim] post-RoPE
   std::vector<float> v;            // [n, kv_dim]
+
+  // Adds a token at `pos`; returns where its k and v ([kv_dim] each) go.
+  std::pair<float*, float*> append(int32_t pos, int kv_dim) {
+    positions.push_back(pos);
+    k.resize(k.size() + size_t(kv_dim));
+    v.resize(v.size() + size_t(kv_dim));
+    return {k.data() + k.size() - size_t(kv_dim), v.data() + v.size() - size_t(kv_dim)};
+  }
 };
 
 class Policy {

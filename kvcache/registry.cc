@@ -11,6 +11,7 @@ const std::vector<PolicyInfo>& registered_policies() {
       quant_policy_info(),
       kivi_policy_info(),
       streaming_policy_info(),
+      aquakv_policy_info(),
   };
   return policies;
 }

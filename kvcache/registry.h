@@ -33,8 +33,10 @@ struct PolicyInfo {
   std::function<StatusOr<std::unique_ptr<Policy>>(const PolicyContext& ctx, const PolicyParams&)> make;
 
   // --- what the conformance suite needs ---
-  // Specs exercised by every generic test (at least the default and the off setting).
+  // Specs exercised by every generic test (at least the default and the off setting). "{test_dir}"
+  // stands for a directory where prepare_test (if set) has written the side files they name.
   std::vector<std::string> test_specs;
+  std::function<Status(const KvGeometry& g, const std::string& dir)> prepare_test;
   // The setting at which the policy must reproduce the full f32 cache's logits exactly.
   std::string off_spec;
   // Largest |read - written| / max|written| of a K or V element that survives in the cache.

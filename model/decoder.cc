@@ -1,5 +1,6 @@
 // Model::forward: the reference Llama decoder.
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "base/check.h"
@@ -61,6 +62,21 @@ Model::Model(std::string path, ModelConfig config, Weights weights, std::unique_
     l.w_down = std::move(w.w_down);
     layers_.push_back(std::move(l));
   }
+  // Shape, then the K and V rows of each fused QKV matrix, 8 bytes at a time.
+  uint64_t h = 1469598103934665603ull;
+  auto mix = [&h](uint64_t x) { h = (h ^ x) * 1099511628211ull; };
+  for (int x : {config_.n_layers, config_.dim, config_.n_heads, config_.n_kv_heads, config_.head_dim}) mix(uint64_t(x));
+  const size_t q_size = size_t(config_.n_heads) * config_.head_dim * config_.dim;
+  for (const Layer& l : layers_) {
+    const float* kv = l.wqkv.data() + q_size;
+    const size_t n = l.wqkv.size() - q_size;
+    for (size_t i = 0; i + 1 < n; i += 2) {
+      uint64_t x;
+      std::memcpy(&x, kv + i, sizeof x);
+      mix(x);
+    }
+  }
+  fingerprint_ = h;
 }
 
 KvGeometry Model::cache_geometry() const {
@@ -70,6 +86,7 @@ KvGeometry Model::cache_geometry() const {
   g.n_kv_heads = config_.n_kv_heads;
   g.head_dim = config_.head_dim;
   g.max_seq_len = config_.max_seq_len;
+  g.model_fingerprint = fingerprint_;
   return g;
 }
 

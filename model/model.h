@@ -47,6 +47,9 @@ class Model {
   const RopeTable& rope() const { return *rope_; }
   const std::string& path() const { return path_; }
   KvGeometry cache_geometry() const;
+  // 64-bit FNV-1a of the shape and of every layer's W_k and W_v as loaded (f32): what K/V a
+  // token gets. Calibration files record it (kvcache/aquakv_predictors.h).
+  uint64_t fingerprint() const { return fingerprint_; }
   // Bytes of weights one decode step reads (every matrix once, the classifier included).
   int64_t weight_bytes() const;
 
@@ -82,6 +85,7 @@ class Model {
   std::vector<float> classifier_;       // [vocab, dim]; empty when tied to token_embedding_
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<RopeTable> rope_;
+  uint64_t fingerprint_ = 0;
 };
 
 // Alias -> file: "stories260k" -> <shared>/models/stories260K.bin, "smollm2-135m" ->

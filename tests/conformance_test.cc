@@ -6,6 +6,9 @@
 #include <cmath>
 #include <filesystem>
 #include <random>
+#include <set>
+
+#include <unistd.h>
 
 #include "base/file.h"
 #include "kvcache/kv_cache.h"
@@ -83,10 +86,29 @@ double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
   return m;
 }
 
+// The spec with "{test_dir}" replaced by a directory holding the side files the policy's
+// prepare_test writes (once per policy).
+std::string resolve(const PolicyInfo& info, const std::string& spec) {
+  static std::set<std::string> prepared;
+  static const std::string dir = [] {
+    const auto d = std::filesystem::temp_directory_path() / ("kvlab_conformance_side_" + std::to_string(::getpid()));
+    std::filesystem::create_directories(d);
+    return d.string();
+  }();
+  if (info.prepare_test && !prepared.count(info.name)) {
+    const Status s = info.prepare_test(model().cache_geometry(), dir);
+    EXPECT_TRUE(s.ok()) << s.to_string();
+    prepared.insert(info.name);
+  }
+  std::string out = spec;
+  for (size_t at; (at = out.find("{test_dir}")) != std::string::npos;) out.replace(at, 10, dir);
+  return out;
+}
+
 class ConformanceTest : public ::testing::TestWithParam<SpecCase> {
  protected:
   const PolicyInfo& info() const { return *find_policy(GetParam().policy); }
-  const std::string& spec() const { return GetParam().spec; }
+  std::string spec() const { return resolve(info(), GetParam().spec); }
 };
 
 // Writes random K/V straight through the cache interface (no model), reads them back.

@@ -1,5 +1,5 @@
-// Registry entries of the policies built on the tiered token store (tiered_policy.h). One
-// function per policy; kvcache/registry.cc lists them.
+// Registry entries of the policies: those built on the tiered token store (tiered_policy.h) and
+// aquakv (aquakv_policy.cc). One function per policy; kvcache/registry.cc lists them.
 #pragma once
 
 #include "kvcache/registry.h"
@@ -10,5 +10,6 @@ PolicyInfo full_policy_info();       // full:dtype=f32|f16|bf16|fp8
 PolicyInfo kivi_policy_info();       // kivi:bits=2|3|4|8,group=G,residual=R,sink=S,dtype=...
 PolicyInfo quant_policy_info();      // quant:kbits=..,vbits=..,group=G,residual=R,dtype=...
 PolicyInfo streaming_policy_info();  // streaming:sink=S,window=W,dtype=...
+PolicyInfo aquakv_policy_info();     // aquakv:bits=2|3|4|inf,calib=FILE,predictors=on|off,prefix=P,buffer=B,...
 
 }  // namespace kvlab

@@ -4,7 +4,7 @@
 #include <cmath>
 #include <vector>
 
-#include "attention/attend.h"
+#include "kvcache/policies/batch_attention.h"
 #include "base/check.h"
 #include "kvcache/token_ring.h"
 
@@ -46,24 +46,14 @@ class TieredPolicy final : public Policy {
 
     std::vector<History> histories;
     histories.reserve(batch.seqs.size());
-    std::vector<SeqAttention> work;
+    std::vector<const KvHistory*> views;
     for (const SeqSpan& sp : batch.seqs) {
       const Slot& sl = slot(layer, sp.seq);
       KVLAB_CHECK(sl.next == sp.start_pos);
       histories.emplace_back(this, &sl);
-      SeqAttention sa;
-      sa.seq = sp.seq;
-      sa.n_new = sp.n_new;
-      sa.positions = batch.positions.data() + sp.row;
-      sa.q = q + size_t(sp.row) * geo.q_dim();
-      sa.k_new = k_rot.data() + size_t(sp.row) * kv_dim;
-      sa.v_new = v + size_t(sp.row) * kv_dim;
-      sa.out = out + size_t(sp.row) * geo.q_dim();
-      sa.history = histories.back().n_blocks() > 0 ? &histories.back() : nullptr;
-      work.push_back(sa);
+      views.push_back(&histories.back());
     }
-    AttentionShape shape{geo.n_heads, geo.n_kv_heads, geo.head_dim, 1.0f / std::sqrt(float(geo.head_dim))};
-    ::kvlab::attend(shape, work, layer, ctx_.observer ? *ctx_.observer : nullptr);
+    attend_batch(ctx_, layer, batch, q, k_rot.data(), v, out, views);
     for (const SeqSpan& sp : batch.seqs) {
       Slot& sl = slot(layer, sp.seq);
       for (int t = 0; t < sp.n_new; ++t) {
@@ -103,16 +93,19 @@ class TieredPolicy final : public Policy {
     const Slot& sl = slot(layer, seq);
     const int kv_dim = ctx_.geometry.kv_dim();
     LayerContents c;
-    auto add = [&](int32_t pos, auto&& fill) {
-      c.positions.push_back(pos);
-      c.k.resize(c.k.size() + size_t(kv_dim));
-      c.v.resize(c.v.size() + size_t(kv_dim));
-      fill(&c.k[c.k.size() - size_t(kv_dim)], &c.v[c.v.size() - size_t(kv_dim)]);
-    };
-    for (int i = 0; i < sl.sink.size(); ++i) add(i, [&](float* k, float* v) { sl.sink.read(i, k, v); });
-    for (int i = 0; i < sl.blocks.size(); ++i) add(cfg_.sink + i, [&](float* k, float* v) { sl.blocks.read(i, k, v); });
+    for (int i = 0; i < sl.sink.size(); ++i) {
+      auto [k, v] = c.append(i, kv_dim);
+      sl.sink.read(i, k, v);
+    }
+    for (int i = 0; i < sl.blocks.size(); ++i) {
+      auto [k, v] = c.append(cfg_.sink + i, kv_dim);
+      sl.blocks.read(i, k, v);
+    }
     const int first = sl.next - sl.recent.size();
-    for (int i = 0; i < sl.recent.size(); ++i) add(first + i, [&](float* k, float* v) { sl.recent.read(i, k, v); });
+    for (int i = 0; i < sl.recent.size(); ++i) {
+      auto [k, v] = c.append(first + i, kv_dim);
+      sl.recent.read(i, k, v);
+    }
     return c;
   }
 
