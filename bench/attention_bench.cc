@@ -364,7 +364,7 @@ int main(int argc, char** argv) {
   benchmark::AddCustomContext(
       "int_layout", "KIVI group 128: keys kIntChannel per channel over blocks of 128 tokens, values kIntToken in "
                     "groups of min(128, head_dim) channels, f16 scale and zero per group (kvcache/block_store.h)");
-  benchmark::AddCustomContext("dense_layout", "TokenRing, ring_page_tokens(ctx)-token pages: 128 from 2048 slots, else 32 (kvcache/token_ring.h)");
+  benchmark::AddCustomContext("dense_layout", "TokenRing, ring_page_tokens(ctx)-token pages: 128 from 2048 slots, 32 from 32 (kvcache/token_ring.h)");
   benchmark::AddCustomContext("history_pool_bytes", std::to_string(kColdBytes));
   register_benchmarks();
   benchmark::RunSpecifiedBenchmarks();

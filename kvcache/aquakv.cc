@@ -92,11 +92,13 @@ namespace {
 
 // One side (0 keys, 1 values) of one layer for n tokens: out_hat = prediction + decoded residual.
 // With x (the exact vectors) the residual x - prediction is encoded into codes/norms first.
+// `prediction`: the prediction if already computed (calibration), else null.
 void chain_side(const ResidualCodec& codec, const AquaLayerPredictor* pred, int side, const float* prev_k,
                 const float* prev_v, const float* k_hat, const float* x, int64_t n, uint8_t* codes, uint16_t* norms,
-                float* out_hat) {
+                float* out_hat, const float* prediction = nullptr) {
   const int C = codec.dim();
-  predict(pred, side, prev_k, prev_v, k_hat, n, C, out_hat);
+  if (prediction) std::copy_n(prediction, size_t(n) * C, out_hat);
+  else predict(pred, side, prev_k, prev_v, k_hat, n, C, out_hat);
   if (x) {
     std::vector<float> res(size_t(n) * C);
     for (size_t i = 0; i < res.size(); ++i) res[i] = x[i] - out_hat[i];
@@ -230,11 +232,18 @@ Status fit_ridge(const float* x, const float* y, int64_t n_fit, int p, int C, st
   std::vector<float> xt(size_t(q) * kChunk), yt(size_t(C) * kChunk), g(size_t(q) * q), xy(size_t(q) * C);
   for (int64_t t0 = 0; t0 < n_fit; t0 += kChunk) {
     const int64_t m = std::min(kChunk, n_fit - t0);
-    // Transposed chunk: the products below are rows-times-rows (matmul's layout).
-    for (int64_t t = 0; t < m; ++t) {
-      for (int i = 0; i < p; ++i) xt[size_t(i) * m + t] = x[(t0 + t) * p + i];
-      xt[size_t(p) * m + t] = 1.0f;
-      for (int o = 0; o < C; ++o) yt[size_t(o) * m + t] = y[(t0 + t) * C + o];
+    // Transposed chunk (the products below are rows-times-rows, matmul's layout), in tiles of
+    // 64 tokens so that the strided writes stay in cache.
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < m; b += 64) {
+      const int64_t e = std::min(m, b + 64);
+      for (int i = 0; i < p; ++i) {
+        for (int64_t t = b; t < e; ++t) xt[size_t(i) * m + t] = x[(t0 + t) * p + i];
+      }
+      for (int64_t t = b; t < e; ++t) xt[size_t(p) * m + t] = 1.0f;
+      for (int o = 0; o < C; ++o) {
+        for (int64_t t = b; t < e; ++t) yt[size_t(o) * m + t] = y[(t0 + t) * C + o];
+      }
     }
     matmul(xt.data(), q, m, xt.data(), q, g.data());
     matmul(xt.data(), q, m, yt.data(), C, xy.data());
@@ -317,6 +326,7 @@ StatusOr<AquaPredictors> fit_aquakv(const KvGeometry& g, const AquaFitConfig& cf
     const auto& kl = keys[size_t(l - cfg.first_layer)];
     const auto& vl = values[size_t(l - cfg.first_layer)];
     if (kl.size() != nc || vl.size() != nc) return invalid_argument("calibration capture of layer " + std::to_string(l) + " has the wrong size");
+#pragma omp parallel for schedule(static)
     for (size_t i = 0; i < nc; ++i) k[i] = f16_to_f32(kl[i]), v[i] = f16_to_f32(vl[i]);
     const bool first = l == cfg.first_layer;
     const ResidualCodec& cd = first ? first_codec : codec;
@@ -332,13 +342,15 @@ StatusOr<AquaPredictors> fit_aquakv(const KvGeometry& g, const AquaFitConfig& cf
       predict(&fitted, 0, prev_k.data(), nullptr, nullptr, n, C, pred.data());
       fitted.k_rel_train = rel_mse(pred.data(), k.data(), 0, n_fit, C);
       fitted.k_rel_valid = n_fit < n ? rel_mse(pred.data(), k.data(), n_fit, n, C) : 0.0;
-      chain_side(cd, &fitted, 0, prev_k.data(), nullptr, nullptr, k.data(), n, lc.k_codes, lc.k_norms, k_hat.data());
+      chain_side(cd, &fitted, 0, prev_k.data(), nullptr, nullptr, k.data(), n, lc.k_codes, lc.k_norms, k_hat.data(),
+                 pred.data());
       const std::vector<float> xv = concat_rows(k_hat.data(), prev_v.data(), n, C);
       KVLAB_RETURN_IF_ERROR(fit_ridge(xv.data(), v.data(), n_fit, 2 * C, C, &fitted.b, &fitted.b0));
       predict(&fitted, 1, nullptr, prev_v.data(), k_hat.data(), n, C, pred.data());
       fitted.v_rel_train = rel_mse(pred.data(), v.data(), 0, n_fit, C);
       fitted.v_rel_valid = n_fit < n ? rel_mse(pred.data(), v.data(), n_fit, n, C) : 0.0;
-      chain_side(cd, &fitted, 1, nullptr, prev_v.data(), k_hat.data(), v.data(), n, lc.v_codes, lc.v_norms, v_hat.data());
+      chain_side(cd, &fitted, 1, nullptr, prev_v.data(), k_hat.data(), v.data(), n, lc.v_codes, lc.v_norms, v_hat.data(),
+                 pred.data());
       p.layers.push_back(std::move(fitted));
     }
     std::swap(prev_k, k_hat);

@@ -15,6 +15,8 @@
 // its end on truncate().
 #pragma once
 
+#include <algorithm>
+
 #include <cstdint>
 #include <vector>
 
@@ -26,7 +28,9 @@
 namespace kvlab {
 
 // Tokens per page of a ring of `capacity` slots.
-constexpr int ring_page_tokens(int capacity) { return capacity >= 2048 ? 128 : 32; }
+// Rings under 32 slots (attention sinks, AQUA-KV's prefix) are one page of exactly their size:
+// a 32-token page for 4 sink tokens would book 8 times their bytes.
+constexpr int ring_page_tokens(int capacity) { return capacity >= 2048 ? 128 : (capacity >= 32 ? 32 : std::max(1, capacity)); }
 
 class TokenRing {
  public:

@@ -22,7 +22,8 @@ def label(spec):
         tag = "HIGGS (predictors off)" if kv.get("predictors") == "off" else "AQUA-KV"
         if kv.get("rotation") == "hadamard":
             tag += ", Hadamard"
-        return tag, f"{kv.get('bits')} b"
+        buffer = kv.get("buffer", "128")
+        return tag, f"{kv.get('bits')} b" + ("" if buffer == "128" else f", buffer {buffer}")
     if name == "kivi":
         return "KIVI", f"{kv.get('bits')} b g{kv.get('group')}"
     return name, kv.get("dtype", "")
@@ -47,7 +48,7 @@ def main():
             ax.annotate(text, (x, max(y, 1e-3)), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_yscale("log")
     ax.set_xlabel("bits per value (measured: all bytes held / values)")
-    ax.set_ylabel("rel_ppl vs full f32 cache (%)")
+    ax.set_ylabel("rel_ppl vs full f32 cache (%; below 0.001 drawn at 0.001)")
     ax.axhline(1.0, color="gray", linestyle=":", linewidth=1)
     ax.set_title(runs[0].get("model", "") + ": " + runs[0].get("text", "").split("/")[-1])
     ax.legend()

@@ -2,7 +2,8 @@
 # The AQUA-KV protocol of docs/results.md on SmolLM2-135M: calibrate on lines 1-150 of the SOTU
 # text (262,144 tokens; about 11 minutes here), then evaluate on the Sherlock Holmes text (context
 # 4096, prefill 3584, 8 windows; about 25 minutes) AQUA-KV at 2/3/4 bits, plain HIGGS (predictors
-# off), KIVI 2/4 and f16, and plot bits per value against rel_ppl (needs matplotlib).
+# off), KIVI 2/4 and f16, and plot bits per value against rel_ppl (needs matplotlib). The file
+# names match docs/results.md (b2.calib there was build/results/aquakv/smollm2_b2.calib).
 # Outputs in build/results/aquakv/.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -30,6 +31,7 @@ kvlab="$root/build/bin/kvlab"
   --policy "aquakv:bits=4,calib=$out/b4.calib,decode=cached" \
   --policy aquakv:bits=2,predictors=off,decode=cached \
   --policy aquakv:bits=3,predictors=off,decode=cached \
+  --policy "aquakv:bits=2,calib=$out/b2.calib,buffer=64,decode=cached" \
   --json "$out/eval.json" | tee "$out/eval.txt"
 python3 -c "import matplotlib" 2>/dev/null || python3 -m pip install -q matplotlib
 python3 "$root/scripts/plot_aquakv.py" "$out/pareto.png" "$out/eval.json"
