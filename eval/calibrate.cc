@@ -36,8 +36,8 @@ StatusOr<Target> parse_target(const std::string& spec, int n_layers) {
   Target t;
   t.fit.first_layer = found->first_layer;
   t.fit.last_layer = found->last_layer;
-  t.fit.bits = p.get("bits") == "inf" ? kAquaExactBits : p.get_int("bits");
-  t.fit.rotation = p.get("rotation") == "hadamard" ? HiggsQuantizer::Rotation::kHadamard : HiggsQuantizer::Rotation::kOrthogonal;
+  t.fit.bits = aqua_bits_param(p.get("bits"));
+  t.fit.rotation = aqua_rotation_param(p.get("rotation"));
   t.prefix = p.get_int("prefix");
   return t;
 }
@@ -49,7 +49,7 @@ StatusOr<std::string> select_lines(const std::string& text, int first, int last)
   while (at < text.size() && (last == 0 || line <= last)) {
     size_t end = text.find('\n', at);
     if (end == std::string::npos) end = text.size();
-    if (line >= first) out.append(text, at, end - at + 1 > text.size() - at ? text.size() - at : end - at + 1);
+    if (line >= first) out.append(text, at, end - at + 1);  // append clamps at the end of text
     at = end + 1;
     ++line;
   }

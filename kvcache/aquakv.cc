@@ -56,6 +56,12 @@ void predict(const AquaLayerPredictor* pred, int side, const float* prev_k, cons
 
 }  // namespace
 
+int aqua_bits_param(const std::string& bits) { return bits == "inf" ? kAquaExactBits : std::stoi(bits); }
+
+HiggsQuantizer::Rotation aqua_rotation_param(const std::string& rotation) {
+  return rotation == "hadamard" ? HiggsQuantizer::Rotation::kHadamard : HiggsQuantizer::Rotation::kOrthogonal;
+}
+
 // ---- ResidualCodec ------------------------------------------------------------------------------
 
 StatusOr<ResidualCodec> ResidualCodec::create(int dim, int bits, HiggsQuantizer::Rotation rotation, int block) {
@@ -309,7 +315,7 @@ StatusOr<AquaPredictors> fit_aquakv(const KvGeometry& g, const AquaFitConfig& cf
   const int64_t n = cfg.n_tokens, n_fit = std::clamp<int64_t>(cfg.valid_from, 1, n);
   if (n < 2) return invalid_argument("calibration needs at least 2 tokens");
   KVLAB_ASSIGN_OR_RETURN(ResidualCodec first_codec,
-                         ResidualCodec::create(C, cfg.bits == kAquaExactBits ? kAquaExactBits : kAquaFirstBits, cfg.rotation, g.head_dim));
+                         ResidualCodec::create(C, aqua_first_bits(cfg.bits), cfg.rotation, g.head_dim));
   KVLAB_ASSIGN_OR_RETURN(ResidualCodec codec, ResidualCodec::create(C, cfg.bits, cfg.rotation, g.head_dim));
   AquaPredictors p;
   p.model_fingerprint = g.model_fingerprint;

@@ -36,6 +36,12 @@ inline constexpr int kAquaExactBits = 32;  // "bits=inf": residuals stored as f3
 inline constexpr int kAquaFirstBits = 4;   // the first layer's codes (paper default)
 inline constexpr uint32_t kAquaFileVersion = 1;
 
+// The first layer's codes for residual `bits` (exact stays exact).
+constexpr int aqua_first_bits(int bits) { return bits == kAquaExactBits ? kAquaExactBits : kAquaFirstBits; }
+// The `bits` and `rotation` values of an aquakv spec (already validated by its schema).
+int aqua_bits_param(const std::string& bits);  // "2" | "3" | "4" | "inf"
+HiggsQuantizer::Rotation aqua_rotation_param(const std::string& rotation);  // "orthogonal" | "hadamard"
+
 // How one layer's residuals are stored, per token vector of C values: HIGGS codes plus f16
 // norms, or C f32 values (exact).
 class ResidualCodec {

@@ -54,7 +54,7 @@ class AquaKvPolicy final : public Policy {
     auto p = std::unique_ptr<AquaKvPolicy>(new AquaKvPolicy(ctx, cfg));
     const int d = ctx.geometry.head_dim;
     KVLAB_ASSIGN_OR_RETURN(ResidualCodec first,
-                           ResidualCodec::create(C, cfg.bits == kAquaExactBits ? kAquaExactBits : kAquaFirstBits, cfg.rotation, d));
+                           ResidualCodec::create(C, aqua_first_bits(cfg.bits), cfg.rotation, d));
     KVLAB_ASSIGN_OR_RETURN(ResidualCodec rest, ResidualCodec::create(C, cfg.bits, cfg.rotation, d));
     p->first_codec_.emplace(std::move(first));
     p->codec_.emplace(std::move(rest));
@@ -77,11 +77,7 @@ class AquaKvPolicy final : public Policy {
 
   void attend(int layer, const ForwardBatch& batch, const float* q, const float* k, const float* v,
               float* out) override {
-    const KvGeometry& geo = ctx_.geometry;
-    const int C = geo.kv_dim();
-    std::vector<float> k_rot(k, k + size_t(batch.n_rows()) * C);
-    ctx_.rope->rotate(k_rot.data(), batch.n_rows(), geo.n_kv_heads, batch.positions.data());
-
+    const int C = ctx_.geometry.kv_dim();
     std::vector<History> histories;
     histories.reserve(batch.seqs.size());
     std::vector<const KvHistory*> views;
@@ -100,7 +96,7 @@ class AquaKvPolicy final : public Policy {
       histories.emplace_back(this, &sl, ck, cv);
       views.push_back(&histories.back());
     }
-    attend_batch(ctx_, layer, batch, q, k_rot.data(), v, out, views);
+    const std::vector<float> k_rot = attend_batch(ctx_, layer, batch, q, k, v, out, views);
 
     for (const SeqSpan& sp : batch.seqs) {
       store(layer, sp.seq, sp.n_new, batch.positions.data() + sp.row, k + size_t(sp.row) * C,
@@ -363,16 +359,16 @@ class AquaKvPolicy final : public Policy {
   // K^, V^ (pre-RoPE) of seq's compressed tokens at `layer`, from the first layer up.
   void reconstruct(int seq, int layer, std::vector<float>* k, std::vector<float>* v) const {
     const size_t n = size_t(slot(layer, seq).n_compressed) * ctx_.geometry.kv_dim();
-    std::vector<float> pk(n), pv(n);
-    k->resize(n);
-    v->resize(n);
+    std::vector<float> pk(n), pv(n);  // layer l - 1
+    k->assign(n, 0.0f);
+    v->assign(n, 0.0f);
     for (int l = ctx_.first_layer; l <= layer; ++l) {
+      if (l > ctx_.first_layer) {
+        std::swap(pk, *k);
+        std::swap(pv, *v);
+      }
       decode_layer(l, seq, pk.data(), pv.data(), k->data(), v->data());
-      std::swap(pk, *k);
-      std::swap(pv, *v);
     }
-    std::swap(pk, *k);
-    std::swap(pv, *v);
   }
 
   // decode=chain: the working copy advanced to `layer` (one step from layer - 1 in a forward;
@@ -383,34 +379,35 @@ class AquaKvPolicy final : public Policy {
     const int n = slot(layer, seq).n_compressed;
     const size_t size = size_t(n) * C;
     if (!(w.layer == layer - 1 && layer > ctx_.first_layer && w.k.size() == size)) {
-      std::vector<float> k, v;
+      // Not continuing this forward's chain: rebuilt from the first layer up.
+      std::vector<float> k(size), v(size);
       if (layer > ctx_.first_layer) reconstruct(seq, layer - 1, &k, &v);
       w.k.assign(k.begin(), k.end());
       w.v.assign(v.begin(), v.end());
-      w.k.resize(size);
-      w.v.resize(size);
     }
-    std::vector<float> k(size), v(size);
+    TrackedVector<float> k(size, 0.0f, w.k.get_allocator()), v(size, 0.0f, w.v.get_allocator());
     decode_layer(layer, seq, w.k.data(), w.v.data(), k.data(), v.data());
-    w.k.assign(k.begin(), k.end());
-    w.v.assign(v.begin(), v.end());
-    w.k_post.assign(k.begin(), k.end());
+    w.k.swap(k);
+    w.v.swap(v);
+    w.k_post.assign(w.k.begin(), w.k.end());
     rotate_from(w.k_post.data(), cfg_.prefix, n);
     w.layer = layer;
     return w;
   }
 
-  // decode=cached after a restore: every layer's reconstruction of seq.
+  // decode=cached after a restore: every layer's reconstruction of seq, in one pass up the chain.
   void rebuild_cached(int seq) {
-    const int C = ctx_.geometry.kv_dim();
+    const size_t n = size_t(slot(ctx_.first_layer, seq).n_compressed) * ctx_.geometry.kv_dim();
+    std::vector<float> pk(n), pv(n), k(n), v(n);  // layers l - 1 and l, pre-RoPE
     for (int l = ctx_.first_layer; l <= ctx_.last_layer; ++l) {
       Slot& sl = slot(l, seq);
-      std::vector<float> k, v;
-      reconstruct(seq, l, &k, &v);
-      rotate_from(k.data(), cfg_.prefix, sl.n_compressed);
+      KVLAB_CHECK(size_t(sl.n_compressed) * ctx_.geometry.kv_dim() == n);
+      decode_layer(l, seq, pk.data(), pv.data(), k.data(), v.data());
       sl.recon_k.assign(k.begin(), k.end());
       sl.recon_v.assign(v.begin(), v.end());
-      KVLAB_CHECK(sl.recon_k.size() == size_t(sl.n_compressed) * C);
+      rotate_from(sl.recon_k.data(), cfg_.prefix, sl.n_compressed);
+      std::swap(pk, k);
+      std::swap(pv, v);
     }
   }
 
@@ -478,8 +475,6 @@ class AquaKvPolicy final : public Policy {
   std::vector<Work> work_;   // [max_seqs]
 };
 
-int parse_bits(const std::string& s) { return s == "inf" ? kAquaExactBits : std::stoi(s); }
-
 }  // namespace
 
 PolicyInfo aquakv_policy_info() {
@@ -501,14 +496,14 @@ PolicyInfo aquakv_policy_info() {
   };
   info.make = [](const PolicyContext& ctx, const PolicyParams& p) -> StatusOr<std::unique_ptr<Policy>> {
     AquaConfig cfg;
-    cfg.bits = parse_bits(p.get("bits"));
+    cfg.bits = aqua_bits_param(p.get("bits"));
     cfg.prefix = p.get_int("prefix");
     cfg.buffer = p.get_int("buffer");
     cfg.predictors = p.get("predictors") == "on";
     cfg.cached = p.get("decode") == "cached";
     KVLAB_ASSIGN_OR_RETURN(cfg.exact_format, parse_dense_format(p.get("dtype")));
     cfg.calib = p.get("calib") == "none" ? "" : p.get("calib");
-    cfg.rotation = p.get("rotation") == "hadamard" ? HiggsQuantizer::Rotation::kHadamard : HiggsQuantizer::Rotation::kOrthogonal;
+    cfg.rotation = aqua_rotation_param(p.get("rotation"));
     if (ctx.geometry.kv_dim() % 2 != 0) return invalid_argument("aquakv: needs an even K/V width");
     return AquaKvPolicy::create(ctx, cfg);
   };

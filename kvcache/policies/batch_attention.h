@@ -11,10 +11,12 @@
 
 namespace kvlab {
 
-//   q:     [n_rows, q_dim] post-RoPE      k_rot: [n_rows, kv_dim] post-RoPE      v: [n_rows, kv_dim]
+//   q:     [n_rows, q_dim] post-RoPE      k: [n_rows, kv_dim] PRE-RoPE      v: [n_rows, kv_dim]
 //   out:   [n_rows, q_dim]
 //   histories[i]: sequence batch.seqs[i]'s history (null or no blocks: none)
-void attend_batch(const PolicyContext& ctx, int layer, const ForwardBatch& batch, const float* q,
-                  const float* k_rot, const float* v, float* out, const std::vector<const KvHistory*>& histories);
+// Returns the new keys rotated at their positions, [n_rows, kv_dim], for the policy to store.
+std::vector<float> attend_batch(const PolicyContext& ctx, int layer, const ForwardBatch& batch, const float* q,
+                                const float* k, const float* v, float* out,
+                                const std::vector<const KvHistory*>& histories);
 
 }  // namespace kvlab

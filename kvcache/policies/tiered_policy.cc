@@ -38,12 +38,7 @@ class TieredPolicy final : public Policy {
 
   void attend(int layer, const ForwardBatch& batch, const float* q, const float* k, const float* v,
               float* out) override {
-    const KvGeometry& geo = ctx_.geometry;
-    const int kv_dim = geo.kv_dim();
-    // Keys are stored post-RoPE: rotated once here, read many times.
-    std::vector<float> k_rot(k, k + size_t(batch.n_rows()) * kv_dim);
-    ctx_.rope->rotate(k_rot.data(), batch.n_rows(), geo.n_kv_heads, batch.positions.data());
-
+    const int kv_dim = ctx_.geometry.kv_dim();
     std::vector<History> histories;
     histories.reserve(batch.seqs.size());
     std::vector<const KvHistory*> views;
@@ -53,7 +48,8 @@ class TieredPolicy final : public Policy {
       histories.emplace_back(this, &sl);
       views.push_back(&histories.back());
     }
-    attend_batch(ctx_, layer, batch, q, k_rot.data(), v, out, views);
+    // Keys are stored post-RoPE: rotated once, read many times.
+    const std::vector<float> k_rot = attend_batch(ctx_, layer, batch, q, k, v, out, views);
     for (const SeqSpan& sp : batch.seqs) {
       Slot& sl = slot(layer, sp.seq);
       for (int t = 0; t < sp.n_new; ++t) {
