@@ -51,6 +51,17 @@ struct KvBlock {
 // Bytes of one packed bit stream of `count` codes.
 constexpr int64_t packed_bytes(int64_t count, int bits) { return (count * bits + 7) / 8; }
 
+// Code i of a bit stream of `bits`-bit codes; a 3-bit code may span two bytes (bit offset 6 or
+// 7), and the second byte is read only then.
+inline uint32_t code_at(const uint8_t* stream, int64_t i, int bits) {
+  const int64_t bit = i * bits;
+  const int64_t byte = bit >> 3;
+  const int shift = int(bit & 7);
+  uint32_t v = uint32_t(stream[byte]) >> shift;
+  if (shift + bits > 8) v |= uint32_t(stream[byte + 1]) << (8 - shift);
+  return v & ((1u << bits) - 1);
+}
+
 // Bytes of one element of the token-major dense formats.
 constexpr int64_t element_bytes(KvFormat f) {
   return f == KvFormat::kF32 ? 4 : (f == KvFormat::kFp8 ? 1 : 2);

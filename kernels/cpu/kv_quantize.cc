@@ -46,16 +46,6 @@ static_assert(kE4m3Bits[0x01] == 0x3b000000u, "0x01 is 2^-9");
 // ---------------------------------------------------------------------------------------------
 // Bit streams
 
-// Code i of a `bits`-wide stream; a 3-bit code may span two bytes (bit offset 6 or 7).
-inline uint32_t get_code(const uint8_t* in, int64_t i, int bits) {
-  const int64_t bit = i * bits;
-  const int64_t byte = bit >> 3;
-  const int shift = int(bit & 7);
-  uint32_t v = uint32_t(in[byte]) >> shift;
-  if (shift + bits > 8) v |= uint32_t(in[byte + 1]) << (8 - shift);
-  return v & ((1u << bits) - 1);
-}
-
 // ORs code i into a stream whose bytes were zeroed first; touches the second byte only when the
 // code really straddles, so nothing past packed_bytes(count, bits) is ever read or written.
 inline void put_code(uint8_t* out, int64_t i, int bits, uint32_t code) {
@@ -198,7 +188,7 @@ void pack_codes(const uint8_t* codes, int64_t count, int bits, uint8_t* out) {
 
 void unpack_codes(const uint8_t* in, int64_t count, int bits, uint8_t* codes) {
   check_bits(bits);
-  for (int64_t i = 0; i < count; ++i) codes[i] = uint8_t(get_code(in, i, bits));
+  for (int64_t i = 0; i < count; ++i) codes[i] = uint8_t(code_at(in, i, bits));
 }
 
 void quantize_token(KvFormat format, int bits, int group, const float* x, int d, uint8_t* data,
@@ -294,7 +284,7 @@ void dequantize_block(const KvBlock& b, float* out) {
           const float s = f16_to_f32(b.scale[int64_t(j) * groups + g]);
           const float z = f16_to_f32(b.zero[int64_t(j) * groups + g]);
           for (int c = g * b.group; c < (g + 1) * b.group; ++c) {
-            out[int64_t(j) * d + c] = float(get_code(row, c, b.bits)) * s + z;
+            out[int64_t(j) * d + c] = float(code_at(row, c, b.bits)) * s + z;
           }
         }
       }
@@ -305,7 +295,7 @@ void dequantize_block(const KvBlock& b, float* out) {
       for (int c = 0; c < d; ++c) {
         const uint8_t* stream = b.data + c * b.stride;
         const float s = f16_to_f32(b.scale[c]), z = f16_to_f32(b.zero[c]);
-        for (int j = 0; j < n; ++j) out[int64_t(j) * d + c] = float(get_code(stream, j, b.bits)) * s + z;
+        for (int j = 0; j < n; ++j) out[int64_t(j) * d + c] = float(code_at(stream, j, b.bits)) * s + z;
       }
       return;
   }

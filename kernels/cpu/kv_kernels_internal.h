@@ -1,0 +1,120 @@
+// What the decode-attention kernel files share (kernels/cpu/kv_attention.h is the public face):
+// small helpers without intrinsics, the e4m3 table, the read-ahead of the next block, and the
+// entry points of each ISA's kernels, which kv_attention.cc dispatches to.
+//
+//   kv_attention.cc            public entry points, which path takes a block
+//   kv_attention_scalar.cc     the scalar reference (the order of operations the others follow)
+//   kv_dense.h                 f32 / f16 / bf16 / fp8 blocks, written once over the vector width
+//   kv_int_f32.h               integer blocks through f32 arithmetic, written once over the width
+//   kv_attention_avx2.cc       those two instantiated for AVX2 (8 lanes)
+//   kv_attention_avx512.cc     those two instantiated for AVX-512 (16 lanes)
+//   kv_int_vnni.cc             integer dot products on AVX-512 VNNI (2/3/4-bit codes)
+//   kv_int_avx2.cc             integer dot products on AVX2 (vpmaddubsw)
+//   simd_vec.h                 the vector width abstraction (Vec8 = AVX2, Vec16 = AVX-512)
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+#include "kernels/cpu/kv_format.h"
+
+namespace kvlab {
+
+// Full unrolling of the short fixed loops over register tiles: partly unrolled loops index the
+// tile arrays at run time and GCC then keeps them in memory.
+#define KVLAB_UNROLL _Pragma("GCC unroll 16")
+
+// Head sizes above this take the scalar path (the SIMD paths keep per-token f32 tiles of d
+// channels on the stack).
+constexpr int kMaxSimdD = 1024;
+
+// e4m3 (kv_format.h) -> f32, exact: 1 sign, 4 exponent bits (bias 7), 3 mantissa bits, no
+// infinities, 0x7f / 0xff NaN.
+constexpr float e4m3_value(int b) {
+  const int e = (b >> 3) & 15, mant = b & 7;
+  if (e == 15 && mant == 7) return std::numeric_limits<float>::quiet_NaN();
+  float v = e == 0 ? float(mant) / 8.0f : 1.0f + float(mant) / 8.0f;
+  int p = e == 0 ? -6 : e - 7;
+  for (; p > 0; --p) v *= 2.0f;
+  for (; p < 0; ++p) v *= 0.5f;
+  return (b & 0x80) ? -v : v;
+}
+
+constexpr std::array<float, 256> make_e4m3_table() {
+  std::array<float, 256> t{};
+  for (int b = 0; b < 256; ++b) t[b] = e4m3_value(b);
+  return t;
+}
+inline constexpr std::array<float, 256> kE4m3 = make_e4m3_table();
+
+// The SIMD paths decode e4m3 through its f16 bit pattern, which is 2^-8 of its value (simd_vec.h);
+// the kernels fold the 2^8 into the per-token scale (exact).
+constexpr float kE4m3Unscale = 256.0f;
+
+inline int groups_of(const KvBlock& b) { return b.d / b.group; }
+
+// Calls f.template operator()<R>() for R = rows (1..4).
+template <class F>
+inline void with_rows(int rows, F&& f) {
+  switch (rows) {
+    case 1: f.template operator()<1>(); break;
+    case 2: f.template operator()<2>(); break;
+    case 3: f.template operator()<3>(); break;
+    default: f.template operator()<4>(); break;
+  }
+}
+
+// Read-ahead. A kv head's blocks and the next kv head's lie one after the other in memory
+// (kvcache/token_ring.h, block_store.h), and the engine reads them in that order; a kernel asks
+// for the `span` bytes that follow its block a few cache lines at a time, in lockstep with its own
+// reads, so the next block's first lines are on their way before it starts (the hardware
+// prefetchers alone start every block cold: measured 1.5x on f16 and int4 decode at 32K).
+struct ReadAhead {
+  const uint8_t* p = nullptr;  // null: none
+  int64_t bytes = 0;
+};
+
+inline ReadAhead read_ahead(const uint8_t* data, int64_t span) { return {data + span, span}; }
+
+// The lines of [off, off + bytes) of the read-ahead region (clipped to it).
+inline void read_ahead_lines(const ReadAhead& a, int64_t off, int64_t bytes) {
+  if (!a.p) return;
+  const int64_t end = std::min(off + bytes, a.bytes);
+  for (int64_t o = off; o < end; o += 64) __builtin_prefetch(a.p + o, 0, 2);
+}
+
+// The `bytes` bytes that follow each of the arrays at a and b (scales and zeros), at once.
+inline void read_ahead_meta(const void* a, const void* b, int64_t bytes) {
+  for (int64_t o = 0; o < bytes; o += 64) {
+    if (a) __builtin_prefetch(static_cast<const uint8_t*>(a) + bytes + o, 0, 2);
+    if (b) __builtin_prefetch(static_cast<const uint8_t*>(b) + bytes + o, 0, 2);
+  }
+}
+
+// Entry points per ISA, with the contract of kv_scores / kv_accumulate (kv_attention.h).
+void scores_scalar(const KvBlock& k, const float* q, int rows, float* s);
+void accumulate_scalar(const KvBlock& v, const float* p, int rows, float* acc);
+namespace avx2 {
+void scores(const KvBlock& k, const float* q, int rows, float* s);
+void accumulate(const KvBlock& v, const float* p, int rows, float* acc);
+}  // namespace avx2
+namespace avx512 {
+void scores(const KvBlock& k, const float* q, int rows, float* s);
+void accumulate(const KvBlock& v, const float* p, int rows, float* acc);
+}  // namespace avx512
+
+// The integer paths (kv_int_vnni.cc, kv_int_avx2.cc): which blocks they take, and the kernels.
+// The *_take functions decide everything (format, bits, group, head size, CPU features).
+bool vnni_scores_take(const KvBlock& k);
+bool vnni_accumulate_take(const KvBlock& v);
+void vnni_scores(const KvBlock& k, const float* q, int rows, float* s);
+void vnni_accumulate(const KvBlock& v, const float* p, int rows, float* acc);
+bool avx2_int_scores_take(const KvBlock& k);
+bool avx2_int_accumulate_take(const KvBlock& v);
+void avx2_int_scores(const KvBlock& k, const float* q, int rows, float* s);
+void avx2_int_accumulate(const KvBlock& v, const float* p, int rows, float* acc);
+
+}  // namespace kvlab
