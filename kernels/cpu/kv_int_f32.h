@@ -1,7 +1,7 @@
 // Scores and value accumulation over the integer formats (kIntChannel, kIntToken, 2/3/4/8-bit
 // codes) in f32 arithmetic, written once over the vector width V (simd_vec.h); exact to within
 // f32 rounding. Blocks the integer dot-product paths (kv_int_vnni.cc, kv_int_avx2.cc) do not
-// take come here. Included only by kv_attention_avx2.cc and kv_attention_avx512.cc (see
+// take come here. Included only by isa_avx2.cc and isa_avx512.cc (see
 // kv_dense.h).
 //
 // Order of operations per output:

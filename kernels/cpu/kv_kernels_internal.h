@@ -1,4 +1,4 @@
-// What the decode-attention kernel files share (kernels/cpu/kv_attention.h is the public face):
+// What the decode-attention kernel files share (kv_attention.h and softmax.h are the public face):
 // small helpers without intrinsics, the e4m3 table, the read-ahead of the next block, and the
 // entry points of each ISA's kernels, which kv_attention.cc dispatches to.
 //
@@ -6,8 +6,9 @@
 //   kv_attention_scalar.cc     the scalar reference (the order of operations the others follow)
 //   kv_dense.h                 f32 / f16 / bf16 / fp8 blocks, written once over the vector width
 //   kv_int_f32.h               integer blocks through f32 arithmetic, written once over the width
-//   kv_attention_avx2.cc       those two instantiated for AVX2 (8 lanes)
-//   kv_attention_avx512.cc     those two instantiated for AVX-512 (16 lanes)
+//   softmax_simd.h             exp and the online softmax, written once over the width
+//   isa_avx2.cc                those three instantiated for AVX2 (8 lanes)
+//   isa_avx512.cc              those three instantiated for AVX-512 (16 lanes)
 //   kv_int_vnni.cc             integer dot products on AVX-512 VNNI (2/3/4-bit codes)
 //   kv_int_avx2.cc             integer dot products on AVX2 (vpmaddubsw)
 //   simd_vec.h                 the vector width abstraction (Vec8 = AVX2, Vec16 = AVX-512)
@@ -97,13 +98,20 @@ inline void read_ahead_meta(const void* a, const void* b, int64_t bytes) {
 // Entry points per ISA, with the contract of kv_scores / kv_accumulate (kv_attention.h).
 void scores_scalar(const KvBlock& k, const float* q, int rows, float* s);
 void accumulate_scalar(const KvBlock& v, const float* p, int rows, float* acc);
+// The same for the online softmax and exp (softmax.h).
 namespace avx2 {
 void scores(const KvBlock& k, const float* q, int rows, float* s);
 void accumulate(const KvBlock& v, const float* p, int rows, float* acc);
+void online_softmax(float* s, int rows, int n, const int32_t* key_pos, int32_t first_pos, const int32_t* row_pos,
+                    float* m, float* l, float* acc, int d);
+void exp_n(float* x, int64_t n);
 }  // namespace avx2
 namespace avx512 {
 void scores(const KvBlock& k, const float* q, int rows, float* s);
 void accumulate(const KvBlock& v, const float* p, int rows, float* acc);
+void online_softmax(float* s, int rows, int n, const int32_t* key_pos, int32_t first_pos, const int32_t* row_pos,
+                    float* m, float* l, float* acc, int d);
+void exp_n(float* x, int64_t n);
 }  // namespace avx512
 
 // The integer paths (kv_int_vnni.cc, kv_int_avx2.cc): which blocks they take, and the kernels.

@@ -8,15 +8,16 @@
 //                      on AVX-512, 8 on AVX2, leaving room for the operands)
 //   Tail, tail(n)      the first min(n, kLanes) lanes; loads through a tail read nothing beyond
 //                      them and give 0 there, stores write only them
-//   load_dense<Fmt>    channels c .. c + kLanes - 1 of a token-major row as f32 (fp8: 2^-8 of
-//                      the e4m3 value, see kE4m3Unscale)
+//   load_dense<Fmt, kNan>   channels c .. c + kLanes - 1 of a token-major row as f32 (fp8: 2^-8
+//                      of the e4m3 value, see kE4m3Unscale; kNan = false: for blocks without
+//                      e4m3 NaN codes, any_e4m3_nan)
 //   codes              codes first .. first + kLanes - 1 (first % 8 == 0) of a bit stream as f32,
 //                      never reading past its end
 //   hsums<N>           out[i] = the sum of v[i]'s lanes, each by one fixed tree (lane l + lane
 //                      l + kLanes / 2, then l + kLanes / 4, ...), for N <= 16
 //
 // Every member is compiled for its ISA (function target attributes); the kernels that use them
-// are compiled under the same target (#pragma GCC target in kv_attention_avx2.cc / _avx512.cc).
+// are compiled under the same target (#pragma GCC target in isa_avx2.cc / isa_avx512.cc).
 #pragma once
 
 #include <algorithm>
@@ -77,6 +78,41 @@ struct Vec8 {
   KVLAB_TARGET_AVX2 static F add(F a, F b) { return _mm256_add_ps(a, b); }
   KVLAB_TARGET_AVX2 static F mul(F a, F b) { return _mm256_mul_ps(a, b); }
   KVLAB_TARGET_AVX2 static F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }  // a * b + c
+  // Keeps v in a register: GCC would otherwise fold a load used by several fmas into each of
+  // them, and the loads, not the fmas, then bound the loop.
+  KVLAB_TARGET_AVX2 static void keep(F& v) { __asm__("" : "+x"(v)); }
+  KVLAB_TARGET_AVX2 static F sub(F a, F b) { return _mm256_sub_ps(a, b); }
+  KVLAB_TARGET_AVX2 static F fnma(F a, F b, F c) { return _mm256_fnmadd_ps(a, b, c); }  // c - a * b
+  KVLAB_TARGET_AVX2 static F max(F a, F b) { return _mm256_max_ps(a, b); }  // b where either is NaN
+  KVLAB_TARGET_AVX2 static F min(F a, F b) { return _mm256_min_ps(a, b); }  // b where either is NaN
+  // p * 2^k for integral k in [-150, 129]: p * 2^floor(k / 2) (exact) * 2^(k - floor(k / 2)), one
+  // rounding (softmax.cc, step 5).
+  KVLAB_TARGET_AVX2 static F mul_pow2(F p, F kf) {
+    const __m256i k = _mm256_cvttps_epi32(kf);
+    const __m256i k1 = _mm256_srai_epi32(k, 1);
+    const __m256i bias = _mm256_set1_epi32(127);
+    const F s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(k1, bias), 23));
+    const F s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_sub_epi32(k, k1), bias), 23));
+    return _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
+  }
+  KVLAB_TARGET_AVX2 static float hmax(F v) {
+    __m128 q = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    q = _mm_max_ps(q, _mm_movehl_ps(q, q));
+    q = _mm_max_ss(q, _mm_movehdup_ps(q));
+    return _mm_cvtss_f32(q);
+  }
+  // The lanes of `in` whose key position (key_pos[j0 + i], or first_pos + j0 + i) is at most rp.
+  KVLAB_TARGET_AVX2 static Tail at_or_before(const Tail& in, const int32_t* key_pos, int32_t first_pos, int j0,
+                                             int32_t rp) {
+    const __m256i kp = key_pos ? _mm256_maskload_epi32(key_pos + j0, in.mask)
+                               : _mm256_add_epi32(_mm256_set1_epi32(first_pos + j0), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    return {0, _mm256_andnot_si256(_mm256_cmpgt_epi32(kp, _mm256_set1_epi32(rp)), in.mask)};
+  }
+  // max(acc, v) in the lanes of m (NaN in v ignored), acc elsewhere.
+  KVLAB_TARGET_AVX2 static F max_in(F acc, const Tail& m, F v) {
+    return _mm256_max_ps(_mm256_blendv_ps(acc, v, _mm256_castsi256_ps(m.mask)), acc);
+  }
+  KVLAB_TARGET_AVX2 static F zero_outside(const Tail& m, F v) { return _mm256_and_ps(_mm256_castsi256_ps(m.mask), v); }
   KVLAB_TARGET_AVX2 static F load(const float* p) { return _mm256_loadu_ps(p); }
   KVLAB_TARGET_AVX2 static F load(const float* p, const Tail& t) {
     return t.count >= 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, t.mask);
@@ -101,16 +137,38 @@ struct Vec8 {
 
   // e4m3 bytes -> f32 times 2^-8, exact: the e4m3 bits moved into an f16 (sign to bit 15, the 7
   // magnitude bits to bits 13..7) are the same number with exponent bias 15 instead of 7, normal
-  // and subnormal alike; vcvtph2ps widens. 0x7f / 0xff become the f16 NaN.
+  // and subnormal alike; vcvtph2ps widens. kNan: 0x7f / 0xff become the f16 NaN; without it they
+  // read as 480 * 2^-8, and the kernels take this form only for blocks without them
+  // (any_e4m3_nan).
+  template <bool kNan>
   KVLAB_TARGET_AVX2 static F e4m3(__m128i bytes) {
-    __m128i w = _mm_slli_epi16(_mm_cvtepu8_epi16(bytes), 8);  // s mmmmmmm 0...
+    __m128i w = _mm_unpacklo_epi8(_mm_setzero_si128(), bytes);  // s mmmmmmm 0...
     w = _mm_and_si128(_mm_srai_epi16(w, 1), _mm_set1_epi16(short(0xbfff)));
-    const __m128i mag = _mm_set1_epi16(0x3f80);
-    const __m128i nan = _mm_cmpeq_epi16(_mm_and_si128(w, mag), mag);
-    return _mm256_cvtph_ps(_mm_blendv_epi8(w, _mm_set1_epi16(0x7e00), nan));
+    if constexpr (kNan) {
+      const __m128i mag = _mm_set1_epi16(0x3f80);
+      w = _mm_blendv_epi8(w, _mm_set1_epi16(0x7e00), _mm_cmpeq_epi16(_mm_and_si128(w, mag), mag));
+    }
+    return _mm256_cvtph_ps(w);
   }
 
-  template <KvFormat Fmt>
+  // Whether any of the n rows of d bytes (stride apart) holds an e4m3 NaN (0x7f or 0xff).
+  KVLAB_TARGET_AVX2 static bool any_e4m3_nan(const uint8_t* data, int64_t stride, int n, int d) {
+    const __m256i top = _mm256_set1_epi8(char(0x80)), ones = _mm256_set1_epi8(char(0xff));
+    __m256i hit = _mm256_setzero_si256();
+    bool tail_hit = false;
+    for (int j = 0; j < n; ++j) {
+      const uint8_t* row = data + j * stride;
+      int c = 0;
+      for (; c + 32 <= d; c += 32) {
+        const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + c));
+        hit = _mm256_or_si256(hit, _mm256_cmpeq_epi8(_mm256_or_si256(x, top), ones));
+      }
+      for (; c < d; ++c) tail_hit |= (row[c] & 0x7f) == 0x7f;
+    }
+    return tail_hit || !_mm256_testz_si256(hit, hit);
+  }
+
+  template <KvFormat Fmt, bool kNan = true>
   KVLAB_TARGET_AVX2 static F load_dense(const uint8_t* row, int c, const Tail& t) {
     if constexpr (Fmt == KvFormat::kF32) {
       return load(reinterpret_cast<const float*>(row) + c, t);
@@ -122,8 +180,8 @@ struct Vec8 {
                                      : load_partial16(row + 2 * c, 2 * t.count);
       return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
     } else {
-      return e4m3(t.count >= 8 ? _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + c))
-                               : load_partial16(row + c, t.count));
+      return e4m3<kNan>(t.count >= 8 ? _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + c))
+                                     : load_partial16(row + c, t.count));
     }
   }
 
@@ -198,6 +256,25 @@ struct Vec16 {
   KVLAB_TARGET_AVX512 static F add(F a, F b) { return _mm512_add_ps(a, b); }
   KVLAB_TARGET_AVX512 static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
   KVLAB_TARGET_AVX512 static F fma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }  // a * b + c
+  KVLAB_TARGET_AVX512 static void keep(F& v) { __asm__("" : "+v"(v)); }  // as Vec8::keep
+  KVLAB_TARGET_AVX512 static F sub(F a, F b) { return _mm512_sub_ps(a, b); }
+  KVLAB_TARGET_AVX512 static F fnma(F a, F b, F c) { return _mm512_fnmadd_ps(a, b, c); }  // c - a * b
+  KVLAB_TARGET_AVX512 static F max(F a, F b) { return _mm512_max_ps(a, b); }  // b where either is NaN
+  KVLAB_TARGET_AVX512 static F min(F a, F b) { return _mm512_min_ps(a, b); }  // b where either is NaN
+  // p * 2^k with one rounding (vscalefps): the result of Vec8::mul_pow2.
+  KVLAB_TARGET_AVX512 static F mul_pow2(F p, F kf) { return _mm512_scalef_ps(p, kf); }
+  KVLAB_TARGET_AVX512 static float hmax(F v) { return _mm512_reduce_max_ps(v); }
+  // As Vec8::at_or_before.
+  KVLAB_TARGET_AVX512 static Tail at_or_before(const Tail& in, const int32_t* key_pos, int32_t first_pos, int j0,
+                                               int32_t rp) {
+    const __m512i kp =
+        key_pos ? _mm512_maskz_loadu_epi32(in.m, key_pos + j0)
+                : _mm512_add_epi32(_mm512_set1_epi32(first_pos + j0),
+                                   _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+    return {_mm512_mask_cmple_epi32_mask(in.m, kp, _mm512_set1_epi32(rp))};
+  }
+  KVLAB_TARGET_AVX512 static F max_in(F acc, const Tail& m, F v) { return _mm512_mask_max_ps(acc, m.m, v, acc); }
+  KVLAB_TARGET_AVX512 static F zero_outside(const Tail& m, F v) { return _mm512_maskz_mov_ps(m.m, v); }
   KVLAB_TARGET_AVX512 static F load(const float* p) { return _mm512_loadu_ps(p); }
   KVLAB_TARGET_AVX512 static F load(const float* p, const Tail& t) { return _mm512_maskz_loadu_ps(t.m, p); }
   KVLAB_TARGET_AVX512 static void store(float* p, F v) { _mm512_storeu_ps(p, v); }
@@ -207,15 +284,33 @@ struct Vec16 {
   }
 
   // e4m3 bytes -> f32 times 2^-8, as Vec8::e4m3.
+  template <bool kNan>
   KVLAB_TARGET_AVX512 static F e4m3(__m128i bytes) {
     __m256i w = _mm256_slli_epi16(_mm256_cvtepu8_epi16(bytes), 8);  // s mmmmmmm 0...
     w = _mm256_and_si256(_mm256_srai_epi16(w, 1), _mm256_set1_epi16(short(0xbfff)));
-    const __m256i mag = _mm256_set1_epi16(0x3f80);
-    const __mmask16 nan = _mm256_cmpeq_epi16_mask(_mm256_and_si256(w, mag), mag);
-    return _mm512_cvtph_ps(_mm256_mask_mov_epi16(w, nan, _mm256_set1_epi16(0x7e00)));
+    if constexpr (kNan) {
+      const __m256i mag = _mm256_set1_epi16(0x3f80);
+      const __mmask16 nan = _mm256_cmpeq_epi16_mask(_mm256_and_si256(w, mag), mag);
+      w = _mm256_mask_mov_epi16(w, nan, _mm256_set1_epi16(0x7e00));
+    }
+    return _mm512_cvtph_ps(w);
   }
 
-  template <KvFormat Fmt>
+  // As Vec8::any_e4m3_nan.
+  KVLAB_TARGET_AVX512 static bool any_e4m3_nan(const uint8_t* data, int64_t stride, int n, int d) {
+    const __m512i top = _mm512_set1_epi8(char(0x80)), ones = _mm512_set1_epi8(char(0xff));
+    __mmask64 hit = 0;
+    for (int j = 0; j < n; ++j) {
+      const uint8_t* row = data + j * stride;
+      for (int c = 0; c < d; c += 64) {
+        const __mmask64 m = d - c >= 64 ? ~__mmask64(0) : (__mmask64(1) << (d - c)) - 1;
+        hit |= _mm512_mask_cmpeq_epi8_mask(m, _mm512_or_si512(_mm512_maskz_loadu_epi8(m, row + c), top), ones);
+      }
+    }
+    return hit != 0;
+  }
+
+  template <KvFormat Fmt, bool kNan = true>
   KVLAB_TARGET_AVX512 static F load_dense(const uint8_t* row, int c, const Tail& t) {
     if constexpr (Fmt == KvFormat::kF32) {
       return _mm512_maskz_loadu_ps(t.m, row + 4 * c);
@@ -224,7 +319,7 @@ struct Vec16 {
     } else if constexpr (Fmt == KvFormat::kBF16) {
       return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(t.m, row + 2 * c)), 16));
     } else {
-      return e4m3(_mm_maskz_loadu_epi8(t.m, row + c));
+      return e4m3<kNan>(_mm_maskz_loadu_epi8(t.m, row + c));
     }
   }
 

@@ -1,0 +1,139 @@
+// exp and the online-softmax step (softmax.h) written once over the vector width V
+// (simd_vec.h): the algorithm and its constants are stated in softmax.cc, whose scalar code is
+// the reference. Included by softmax.cc for the constants and by isa_avx2.cc / isa_avx512.cc,
+// under their #pragma GCC target, for the kernels.
+#pragma once
+
+#include <cstdint>
+#include <limits>
+
+#include "kernels/cpu/kv_kernels_internal.h"
+#include "kernels/cpu/simd_vec.h"
+
+namespace kvlab {
+namespace {
+
+constexpr float kLog2e = 0x1.715476p+0f;
+constexpr float kLn2Hi = 0x1.63p-1f;        // 0.693359375
+constexpr float kLn2Lo = -0x1.bd0106p-13f;  // ln 2 - kLn2Hi, rounded
+constexpr float kRoundMagic = 0x1.8p+23f;   // 1.5 * 2^23
+constexpr float kClampLo = -104.0f;
+constexpr float kClampHi = 89.0f;
+constexpr float kC2 = 0x1.fffffcp-2f, kC3 = 0x1.555492p-3f, kC4 = 0x1.5558b0p-5f,
+                kC5 = 0x1.123988p-7f, kC6 = 0x1.6a4cb2p-10f;
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+#ifdef KVLAB_X86
+template <class V>
+typename V::F exp_vec(typename V::F x) {
+  using F = typename V::F;
+  // max/min return their second operand when either is NaN: x in second place keeps NaN.
+  x = V::max(V::set1(kClampLo), x);
+  x = V::min(V::set1(kClampHi), x);
+  const F magic = V::set1(kRoundMagic);
+  const F kf = V::sub(V::fma(x, V::set1(kLog2e), magic), magic);
+  F r = V::fnma(kf, V::set1(kLn2Hi), x);
+  r = V::fnma(kf, V::set1(kLn2Lo), r);
+  F p = V::set1(kC6);
+  p = V::fma(p, r, V::set1(kC5));
+  p = V::fma(p, r, V::set1(kC4));
+  p = V::fma(p, r, V::set1(kC3));
+  p = V::fma(p, r, V::set1(kC2));
+  p = V::fma(p, r, V::set1(1.0f));
+  p = V::fma(p, r, V::set1(1.0f));
+  return V::mul_pow2(p, kf);
+}
+
+template <class V>
+void exp_n(float* x, int64_t n) {
+  for (int64_t i = 0; i < n; i += V::kLanes) {
+    const typename V::Tail m = V::tail(int(std::min<int64_t>(n - i, V::kLanes)));
+    V::store(x + i, m, exp_vec<V>(V::load(x + i, m)));
+  }
+}
+
+template <class V>
+float exp1(float x) {
+  alignas(64) float out[V::kLanes];
+  V::store(out, exp_vec<V>(V::set1(x)));
+  return out[0];
+}
+
+// Rows are taken four at a time with their passes interleaved (independent work for the
+// out-of-order core); each row's own sequence of operations is that of a row alone.
+template <class V, int R>
+void online_softmax_rows(float* s, int n, const int32_t* key_pos, int32_t first_pos, const int32_t* row_pos, float* m,
+                         float* l, float* acc, int d) {
+  using F = typename V::F;
+  using Tail = typename V::Tail;
+  constexpr int L = V::kLanes;
+  // The keys of lanes j .. j + L - 1 that row r sees.
+  auto visible = [&](const Tail& in, int j, int r) {
+    return row_pos ? V::at_or_before(in, key_pos, first_pos, j, row_pos[r]) : in;
+  };
+  F mv[R];
+  KVLAB_UNROLL
+  for (int r = 0; r < R; ++r) mv[r] = V::set1(kNegInf);
+  for (int j = 0; j < n; j += L) {
+    const Tail in = V::tail(n - j);
+    KVLAB_UNROLL
+    for (int r = 0; r < R; ++r) {
+      const Tail vis = visible(in, j, r);
+      mv[r] = V::max_in(mv[r], vis, V::load(s + int64_t(r) * n + j, vis));  // NaN ignored
+    }
+  }
+  bool live[R];
+  F mn[R], sum[R];
+  KVLAB_UNROLL
+  for (int r = 0; r < R; ++r) {
+    const float mb = V::hmax(mv[r]);
+    const float m_new = mb > m[r] ? mb : m[r];
+    live[r] = m_new != kNegInf;
+    mn[r] = sum[r] = V::zero();
+    if (!live[r]) {
+      for (int j = 0; j < n; ++j) s[int64_t(r) * n + j] = 0.0f;
+      continue;
+    }
+    if (m_new > m[r]) {
+      const float f = exp1<V>(m[r] - m_new);
+      l[r] *= f;
+      float* a = acc + int64_t(r) * d;
+      for (int c = 0; c < d; c += L) {
+        const Tail cm = V::tail(d - c);
+        V::store(a + c, cm, V::mul(V::load(a + c, cm), V::set1(f)));
+      }
+      m[r] = m_new;
+    }
+    mn[r] = V::set1(m[r]);
+  }
+  for (int j = 0; j < n; j += L) {
+    const Tail in = V::tail(n - j);
+    KVLAB_UNROLL
+    for (int r = 0; r < R; ++r) {
+      if (!live[r]) continue;
+      float* sr = s + int64_t(r) * n;
+      const F e = V::zero_outside(visible(in, j, r), exp_vec<V>(V::sub(V::load(sr + j, in), mn[r])));
+      V::store(sr + j, in, e);
+      sum[r] = V::add(sum[r], e);
+    }
+  }
+  KVLAB_UNROLL
+  for (int r = 0; r < R; ++r) {
+    if (live[r]) l[r] += V::hsum(sum[r]);
+  }
+}
+
+template <class V>
+void online_softmax(float* s, int rows, int n, const int32_t* key_pos, int32_t first_pos, const int32_t* row_pos,
+                    float* m, float* l, float* acc, int d) {
+  for (int r0 = 0; r0 < rows; r0 += 4) {
+    float* sr = s + int64_t(r0) * n;
+    float* ar = acc + int64_t(r0) * d;
+    const int32_t* rp = row_pos ? row_pos + r0 : nullptr;
+    with_rows(rows - r0, [&]<int R>() { online_softmax_rows<V, R>(sr, n, key_pos, first_pos, rp, m + r0, l + r0, ar, d); });
+  }
+}
+#endif  // KVLAB_X86
+
+}  // namespace
+}  // namespace kvlab
