@@ -189,7 +189,11 @@ struct Vec8 {
     const int64_t b0 = int64_t(first) * bits / 8;
     const int64_t left = stream_bytes - b0;  // 8 codes are `bits` bytes; read 8 where they exist
     uint64_t word = 0;
-    std::memcpy(&word, stream + b0, size_t(left >= 8 ? 8 : std::min<int64_t>(bits, left)));
+    if (left >= 8) {
+      std::memcpy(&word, stream + b0, 8);  // a constant size: one load, no call
+    } else {
+      std::memcpy(&word, stream + b0, size_t(std::min<int64_t>(bits, left)));
+    }
     const __m128i raw = _mm_cvtsi64_si128(int64_t(word));
     if (bits == 8) return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(raw));
     const ExtractTables& tb = extract_tables(bits);
