@@ -6,6 +6,7 @@
 //   F, kLanes          the f32 vector and its lane count
 //   kTile              register tile: the kernels keep 4 rows x kTile accumulators (16 registers
 //                      on AVX-512, 8 on AVX2, leaving room for the operands)
+//   Lanes, lanes(t)    any set of lanes (key visibility in the softmax)
 //   Tail, tail(n)      the first min(n, kLanes) lanes; loads through a tail read nothing beyond
 //                      them and give 0 there, stores write only them
 //   load_dense<Fmt, kNan>   channels c .. c + kLanes - 1 of a token-major row as f32 (fp8: 2^-8
@@ -65,13 +66,19 @@ struct Vec8 {
   static constexpr int kLanes = 8;
   static constexpr int kTile = 2;
 
+  // A tail is only its count (GCC keeps a struct holding a vector in memory, and copies it at
+  // every use); the lane mask is made where a partial vector needs it.
   struct Tail {
-    int count;     // valid lanes (may exceed kLanes)
-    __m256i mask;  // lanes < count on
+    int count;  // valid lanes (may exceed kLanes)
   };
-  KVLAB_TARGET_AVX2 static Tail tail(int count) {
-    return {count, _mm256_cmpgt_epi32(_mm256_set1_epi32(count), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))};
+  struct Lanes {  // any set of lanes: all-ones where on
+    __m256i mask;
+  };
+  KVLAB_TARGET_AVX2 static Tail tail(int count) { return {count}; }
+  KVLAB_TARGET_AVX2 static __m256i lane_mask(int count) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(count), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   }
+  KVLAB_TARGET_AVX2 static Lanes lanes(Tail t) { return {lane_mask(t.count)}; }
 
   KVLAB_TARGET_AVX2 static F zero() { return _mm256_setzero_ps(); }
   KVLAB_TARGET_AVX2 static F set1(float x) { return _mm256_set1_ps(x); }
@@ -102,27 +109,28 @@ struct Vec8 {
     return _mm_cvtss_f32(q);
   }
   // The lanes of `in` whose key position (key_pos[j0 + i], or first_pos + j0 + i) is at most rp.
-  KVLAB_TARGET_AVX2 static Tail at_or_before(const Tail& in, const int32_t* key_pos, int32_t first_pos, int j0,
-                                             int32_t rp) {
-    const __m256i kp = key_pos ? _mm256_maskload_epi32(key_pos + j0, in.mask)
+  KVLAB_TARGET_AVX2 static Lanes at_or_before(Tail in, const int32_t* key_pos, int32_t first_pos, int j0, int32_t rp) {
+    const __m256i m = lane_mask(in.count);
+    const __m256i kp = key_pos ? _mm256_maskload_epi32(key_pos + j0, m)
                                : _mm256_add_epi32(_mm256_set1_epi32(first_pos + j0), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    return {0, _mm256_andnot_si256(_mm256_cmpgt_epi32(kp, _mm256_set1_epi32(rp)), in.mask)};
+    return {_mm256_andnot_si256(_mm256_cmpgt_epi32(kp, _mm256_set1_epi32(rp)), m)};
   }
   // max(acc, v) in the lanes of m (NaN in v ignored), acc elsewhere.
-  KVLAB_TARGET_AVX2 static F max_in(F acc, const Tail& m, F v) {
+  KVLAB_TARGET_AVX2 static F max_in(F acc, Lanes m, F v) {
     return _mm256_max_ps(_mm256_blendv_ps(acc, v, _mm256_castsi256_ps(m.mask)), acc);
   }
-  KVLAB_TARGET_AVX2 static F zero_outside(const Tail& m, F v) { return _mm256_and_ps(_mm256_castsi256_ps(m.mask), v); }
+  KVLAB_TARGET_AVX2 static F zero_outside(Lanes m, F v) { return _mm256_and_ps(_mm256_castsi256_ps(m.mask), v); }
   KVLAB_TARGET_AVX2 static F load(const float* p) { return _mm256_loadu_ps(p); }
-  KVLAB_TARGET_AVX2 static F load(const float* p, const Tail& t) {
-    return t.count >= 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, t.mask);
+  KVLAB_TARGET_AVX2 static F load(const float* p, Lanes m) { return _mm256_maskload_ps(p, m.mask); }
+  KVLAB_TARGET_AVX2 static F load(const float* p, Tail t) {
+    return t.count >= 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, lane_mask(t.count));
   }
   KVLAB_TARGET_AVX2 static void store(float* p, F v) { _mm256_storeu_ps(p, v); }
-  KVLAB_TARGET_AVX2 static void store(float* p, const Tail& t, F v) {
+  KVLAB_TARGET_AVX2 static void store(float* p, Tail t, F v) {
     if (t.count >= 8) {
       _mm256_storeu_ps(p, v);
     } else {
-      _mm256_maskstore_ps(p, t.mask, v);
+      _mm256_maskstore_ps(p, lane_mask(t.count), v);
     }
   }
   KVLAB_TARGET_AVX2 static float h2f(uint16_t h) { return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h))); }
@@ -169,7 +177,7 @@ struct Vec8 {
   }
 
   template <KvFormat Fmt, bool kNan = true>
-  KVLAB_TARGET_AVX2 static F load_dense(const uint8_t* row, int c, const Tail& t) {
+  KVLAB_TARGET_AVX2 static F load_dense(const uint8_t* row, int c, Tail t) {
     if constexpr (Fmt == KvFormat::kF32) {
       return load(reinterpret_cast<const float*>(row) + c, t);
     } else if constexpr (Fmt == KvFormat::kF16) {
@@ -251,6 +259,8 @@ struct Vec16 {
   struct Tail {
     __mmask16 m;
   };
+  using Lanes = Tail;
+  KVLAB_TARGET_AVX512 static Lanes lanes(Tail t) { return t; }
   KVLAB_TARGET_AVX512 static Tail tail(int count) {
     return {count >= 16 ? __mmask16(0xffff) : (count <= 0 ? __mmask16(0) : __mmask16((1u << count) - 1))};
   }
@@ -269,7 +279,7 @@ struct Vec16 {
   KVLAB_TARGET_AVX512 static F mul_pow2(F p, F kf) { return _mm512_scalef_ps(p, kf); }
   KVLAB_TARGET_AVX512 static float hmax(F v) { return _mm512_reduce_max_ps(v); }
   // As Vec8::at_or_before.
-  KVLAB_TARGET_AVX512 static Tail at_or_before(const Tail& in, const int32_t* key_pos, int32_t first_pos, int j0,
+  KVLAB_TARGET_AVX512 static Lanes at_or_before(Tail in, const int32_t* key_pos, int32_t first_pos, int j0,
                                                int32_t rp) {
     const __m512i kp =
         key_pos ? _mm512_maskz_loadu_epi32(in.m, key_pos + j0)
@@ -277,12 +287,12 @@ struct Vec16 {
                                    _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
     return {_mm512_mask_cmple_epi32_mask(in.m, kp, _mm512_set1_epi32(rp))};
   }
-  KVLAB_TARGET_AVX512 static F max_in(F acc, const Tail& m, F v) { return _mm512_mask_max_ps(acc, m.m, v, acc); }
-  KVLAB_TARGET_AVX512 static F zero_outside(const Tail& m, F v) { return _mm512_maskz_mov_ps(m.m, v); }
+  KVLAB_TARGET_AVX512 static F max_in(F acc, Lanes m, F v) { return _mm512_mask_max_ps(acc, m.m, v, acc); }
+  KVLAB_TARGET_AVX512 static F zero_outside(Lanes m, F v) { return _mm512_maskz_mov_ps(m.m, v); }
   KVLAB_TARGET_AVX512 static F load(const float* p) { return _mm512_loadu_ps(p); }
-  KVLAB_TARGET_AVX512 static F load(const float* p, const Tail& t) { return _mm512_maskz_loadu_ps(t.m, p); }
+  KVLAB_TARGET_AVX512 static F load(const float* p, Tail t) { return _mm512_maskz_loadu_ps(t.m, p); }
   KVLAB_TARGET_AVX512 static void store(float* p, F v) { _mm512_storeu_ps(p, v); }
-  KVLAB_TARGET_AVX512 static void store(float* p, const Tail& t, F v) { _mm512_mask_storeu_ps(p, t.m, v); }
+  KVLAB_TARGET_AVX512 static void store(float* p, Tail t, F v) { _mm512_mask_storeu_ps(p, t.m, v); }
   KVLAB_TARGET_AVX512 static float h2f(uint16_t h) {
     return _mm_cvtss_f32(_mm512_castps512_ps128(_mm512_cvtph_ps(_mm256_set1_epi16(short(h)))));
   }
@@ -315,7 +325,7 @@ struct Vec16 {
   }
 
   template <KvFormat Fmt, bool kNan = true>
-  KVLAB_TARGET_AVX512 static F load_dense(const uint8_t* row, int c, const Tail& t) {
+  KVLAB_TARGET_AVX512 static F load_dense(const uint8_t* row, int c, Tail t) {
     if constexpr (Fmt == KvFormat::kF32) {
       return _mm512_maskz_loadu_ps(t.m, row + 4 * c);
     } else if constexpr (Fmt == KvFormat::kF16) {

@@ -68,18 +68,19 @@ void online_softmax_rows(float* s, int n, const int32_t* key_pos, int32_t first_
   using Tail = typename V::Tail;
   constexpr int L = V::kLanes;
   // The keys of lanes j .. j + L - 1 that row r sees.
-  auto visible = [&](const Tail& in, int j, int r) {
-    return row_pos ? V::at_or_before(in, key_pos, first_pos, j, row_pos[r]) : in;
+  auto visible = [&](Tail in, int j, int r) {
+    return row_pos ? V::at_or_before(in, key_pos, first_pos, j, row_pos[r]) : V::lanes(in);
   };
   F mv[R];
   KVLAB_UNROLL
   for (int r = 0; r < R; ++r) mv[r] = V::set1(kNegInf);
   for (int j = 0; j < n; j += L) {
     const Tail in = V::tail(n - j);
+    const bool all = row_pos == nullptr && n - j >= L;  // every lane a visible key
     KVLAB_UNROLL
     for (int r = 0; r < R; ++r) {
-      const Tail vis = visible(in, j, r);
-      mv[r] = V::max_in(mv[r], vis, V::load(s + int64_t(r) * n + j, vis));  // NaN ignored
+      const F x = V::load(s + int64_t(r) * n + j, in);
+      mv[r] = all ? V::max(x, mv[r]) : V::max_in(mv[r], visible(in, j, r), x);  // NaN ignored
     }
   }
   bool live[R];
@@ -108,11 +109,13 @@ void online_softmax_rows(float* s, int n, const int32_t* key_pos, int32_t first_
   }
   for (int j = 0; j < n; j += L) {
     const Tail in = V::tail(n - j);
+    const bool all = row_pos == nullptr && n - j >= L;
     KVLAB_UNROLL
     for (int r = 0; r < R; ++r) {
       if (!live[r]) continue;
       float* sr = s + int64_t(r) * n;
-      const F e = V::zero_outside(visible(in, j, r), exp_vec<V>(V::sub(V::load(sr + j, in), mn[r])));
+      F e = exp_vec<V>(V::sub(V::load(sr + j, in), mn[r]));
+      if (!all) e = V::zero_outside(visible(in, j, r), e);
       V::store(sr + j, in, e);
       sum[r] = V::add(sum[r], e);
     }
