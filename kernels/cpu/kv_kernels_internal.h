@@ -7,8 +7,10 @@
 //   kv_dense.h                 f32 / f16 / bf16 / fp8 blocks, written once over the vector width
 //   kv_int_f32.h               integer blocks through f32 arithmetic, written once over the width
 //   softmax_simd.h             exp and the online softmax, written once over the width
-//   isa_avx2.cc                those three instantiated for AVX2 (8 lanes)
-//   isa_avx512.cc              those three instantiated for AVX-512 (16 lanes)
+//   matmul_simd.h              the matmul's register tiles (matmul.cc), written once over the width
+//   isa_entry.inc              the entry points of all of these for one ISA
+//   isa_avx2.cc                those instantiated for AVX2 (8 lanes)
+//   isa_avx512.cc              those instantiated for AVX-512 (16 lanes)
 //   kv_int_vnni.cc             integer dot products on AVX-512 VNNI (2/3/4-bit codes)
 //   kv_int_avx2.cc             integer dot products on AVX2 (vpmaddubsw)
 //   simd_vec.h                 the vector width abstraction (Vec8 = AVX2, Vec16 = AVX-512)
@@ -105,6 +107,11 @@ void accumulate(const KvBlock& v, const float* p, int rows, float* acc);
 void online_softmax(float* s, int rows, int n, const int32_t* key_pos, int32_t first_pos, const int32_t* row_pos,
                     float* m, float* l, float* acc, int d);
 void exp_n(float* x, int64_t n);
+// The matmul's register tiles (matmul_simd.h): rows 1 or 4, tokens 1 .. Vec::kMatmulTokens.
+void matmul_tile(int rows, int tokens, const float* x, const float* w, float* y, int64_t k, int64_t n_out,
+                 uintptr_t prefetch);
+void matmul_stream_rows(int tokens, const float* x, const float* w, float* y, int64_t k, int64_t n_out,
+                        int64_t n_rows);
 }  // namespace avx2
 namespace avx512 {
 void scores(const KvBlock& k, const float* q, int rows, float* s);
@@ -112,6 +119,11 @@ void accumulate(const KvBlock& v, const float* p, int rows, float* acc);
 void online_softmax(float* s, int rows, int n, const int32_t* key_pos, int32_t first_pos, const int32_t* row_pos,
                     float* m, float* l, float* acc, int d);
 void exp_n(float* x, int64_t n);
+// The matmul's register tiles (matmul_simd.h): rows 1 or 4, tokens 1 .. Vec::kMatmulTokens.
+void matmul_tile(int rows, int tokens, const float* x, const float* w, float* y, int64_t k, int64_t n_out,
+                 uintptr_t prefetch);
+void matmul_stream_rows(int tokens, const float* x, const float* w, float* y, int64_t k, int64_t n_out,
+                        int64_t n_rows);
 }  // namespace avx512
 
 // The integer paths (kv_int_vnni.cc, kv_int_avx2.cc): which blocks they take, and the kernels.

@@ -1,4 +1,5 @@
-// y[t, o] = sum_i x[t, i] * w[o, i]: scalar reference, AVX2 and AVX-512 variants (see matmul.h).
+// y[t, o] = sum_i x[t, i] * w[o, i]: the scalar reference, and the AVX2 and AVX-512 register tiles
+// written once over the vector width (matmul_simd.h); blocking and threads here (see matmul.h).
 //
 // Batch invariance comes from one rule: every ISA has exactly one way to compute a single dot
 // product of length k, and everything else (register tiles, streams, cache blocks, threads)
@@ -7,13 +8,13 @@
 //   scalar   one float accumulator, s += x[i] * w[i] for i = 0 .. k-1 (product rounded, then sum).
 //   avx2     one 8-lane accumulator, acc = fma(w[i:i+8], x[i:i+8], acc) for i = 0, 8, 16, ...;
 //            the last k % 8 elements as one more fma on masked loads (zeros beyond k); then the
-//            8 lanes summed by the fixed tree ((l0+l1)+(l2+l3)) + ((l4+l5)+(l6+l7)).
+//            8 lanes summed by the fixed tree: lane i + lane i+4, then i + i+2, then 0 + 1.
 //   avx512   one 16-lane accumulator stepping by 16, masked tail the same way; the 16 lanes
 //            summed by the fixed tree: lane i + lane i+8, then i + i+4, then i + i+2, then 0 + 1.
 //
 // Several dots run at once, each with its own accumulator, so the FMA latency is hidden and
 // every vector loaded serves several dots. Their horizontal sums are done together by
-// transposing networks (reduce16_avx512, reduce4_avx512, reduce4_avx2) that perform, lane for
+// transposing networks (Vec8::reduce8, Vec16::reduce16 in simd_vec.h) that perform, lane for
 // lane, exactly the additions of the fixed tree; unused inputs are zeros (or copies), which
 // changes nothing in the used ones. Addition is commutative bit for bit, so only the pairing of
 // the tree matters, never the operand order. Loads are unaligned: chunks start at the row start,
@@ -50,7 +51,9 @@
 
 #include "base/check.h"
 
+#include "kernels/cpu/kv_kernels_internal.h"
 #include "kernels/cpu/simd.h"
+#include "kernels/cpu/simd_vec.h"
 
 namespace kvlab {
 namespace {
@@ -112,313 +115,22 @@ struct ScalarKernel {
 };
 
 #ifdef KVLAB_X86
-// Prefetches `bytes` bytes at byte offset `offset` from `base` into L2. Integer arithmetic: the
-// address may lie past the end of w (prefetches never fault; pointer arithmetic would be UB).
-inline void prefetch_l2(uintptr_t base, int64_t offset, int bytes) {
-  for (int b = 0; b < bytes; b += 64) {
-    _mm_prefetch(reinterpret_cast<const char*>(base + uintptr_t(offset + b)), _MM_HINT_T1);
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
-// AVX-512
-
-// Sums the lanes of each of 16 vectors: lane 4m+n of the result is the sum of v[4n+m]. Four
-// rounds of (shuffle, shuffle, add) halve the vector count, adding lane i to lane i+8, then i to
-// i+4, i to i+2 and i to i+1 of every input: the fixed tree. 15 adds and 30 shuffles for 16
-// sums, where reducing the vectors one by one takes 8 operations per sum.
-KVLAB_TARGET_AVX512 inline __m512 reduce16_avx512(const __m512 (&v)[16]) {
-  __m512 c[8];  // c[p] = [v[2p] lanes 0..7 + 8..15 | v[2p+1] lanes 0..7 + 8..15]
-  for (int p = 0; p < 8; ++p) {
-    c[p] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * p], v[2 * p + 1], 0x44),
-                         _mm512_shuffle_f32x4(v[2 * p], v[2 * p + 1], 0xee));
-  }
-  __m512 e[4];  // 128-bit quarter m of e[q]: the four partial sums of v[4q+m]
-  for (int q = 0; q < 4; ++q) {
-    e[q] = _mm512_add_ps(_mm512_shuffle_f32x4(c[2 * q], c[2 * q + 1], 0x88),
-                         _mm512_shuffle_f32x4(c[2 * q], c[2 * q + 1], 0xdd));
-  }
-  __m512 g[2];  // quarter m of g[s]: two partial sums of v[8s+m], two of v[8s+4+m]
-  for (int s = 0; s < 2; ++s) {
-    g[s] = _mm512_add_ps(_mm512_shuffle_ps(e[2 * s], e[2 * s + 1], 0x44),
-                         _mm512_shuffle_ps(e[2 * s], e[2 * s + 1], 0xee));
-  }
-  return _mm512_add_ps(_mm512_shuffle_ps(g[0], g[1], 0x88), _mm512_shuffle_ps(g[0], g[1], 0xdd));
-}
-
-// The same tree for four vectors: lane s of the result is the sum of the 16 lanes of v[s].
-KVLAB_TARGET_AVX512 inline __m128 reduce4_avx512(const __m512 (&v)[4]) {
-  // [v0 lanes i + i+8 | v1 lanes i + i+8], the same for v2, v3.
-  const __m512 c01 =
-      _mm512_add_ps(_mm512_shuffle_f32x4(v[0], v[1], 0x44), _mm512_shuffle_f32x4(v[0], v[1], 0xee));
-  const __m512 c23 =
-      _mm512_add_ps(_mm512_shuffle_f32x4(v[2], v[3], 0x44), _mm512_shuffle_f32x4(v[2], v[3], 0xee));
-  // Quarter s: lanes j + j+4 of the partial sums of v[s].
-  const __m512 e =
-      _mm512_add_ps(_mm512_shuffle_f32x4(c01, c23, 0x88), _mm512_shuffle_f32x4(c01, c23, 0xdd));
-  const __m512 g = _mm512_add_ps(e, _mm512_shuffle_ps(e, e, 0x4e));  // lanes m + m+2
-  const __m512 h = _mm512_add_ps(g, _mm512_shuffle_ps(g, g, 0xb1));  // lanes 0 + 1: sum v[s] at 4s
-  const __m512i gather = _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
-  return _mm512_castps512_ps128(_mm512_permutexvar_ps(gather, h));
-}
-
-// Stores the first R (1..4) lanes of v at y.
-template <int R>
-KVLAB_TARGET_AVX512 inline void store_rows_avx512(float* y, __m128 v) {
-  if constexpr (R == 4) {
-    _mm_storeu_ps(y, v);
-  } else {
-    _mm_mask_storeu_ps(y, __mmask8((1u << R) - 1), v);
-  }
-}
-
-// acc[r][j] = the dots of rows w[r] and tokens x + j*k (R, T <= 4), the fixed per-dot scheme.
-// A nonzero `prefetch` is the address of the next R*k floats of w (contiguous), pulled into L2
-// as fast as this call reads its own rows.
-template <int R, int T>
-KVLAB_TARGET_AVX512 inline void dots_avx512(const float* x, const float* const (&w)[R], int64_t k,
-                                            __m512 (&acc)[R][T], uintptr_t prefetch = 0) {
-#pragma GCC unroll 4
-  for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 4
-    for (int j = 0; j < T; ++j) acc[r][j] = _mm512_setzero_ps();
-  }
-  int64_t i = 0;
-  for (; i + 16 <= k; i += 16) {
-    if (prefetch) prefetch_l2(prefetch, i / 16 * (R * 64), R * 64);
-    __m512 xv[T];
-#pragma GCC unroll 4
-    for (int j = 0; j < T; ++j) xv[j] = _mm512_loadu_ps(x + j * k + i);
-#pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) {
-      const __m512 wv = _mm512_loadu_ps(w[r] + i);
-#pragma GCC unroll 4
-      for (int j = 0; j < T; ++j) acc[r][j] = _mm512_fmadd_ps(wv, xv[j], acc[r][j]);
-    }
-  }
-  if (i < k) {  // the last k % 16 elements; masked-off lanes load 0 and touch no memory
-    const __mmask16 m = __mmask16((1u << (k - i)) - 1);
-    __m512 xv[T];
-#pragma GCC unroll 4
-    for (int j = 0; j < T; ++j) xv[j] = _mm512_maskz_loadu_ps(m, x + j * k + i);
-#pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) {
-      const __m512 wv = _mm512_maskz_loadu_ps(m, w[r] + i);
-#pragma GCC unroll 4
-      for (int j = 0; j < T; ++j) acc[r][j] = _mm512_fmadd_ps(wv, xv[j], acc[r][j]);
-    }
-  }
-}
-
-// The horizontal sums of acc[r][j] (r < R, j < T), through reduce16_avx512 with accumulator
-// (r, j) as input 4r+j: quarter j of the result holds the R rows of token j.
-template <int R, int T>
-KVLAB_TARGET_AVX512 inline __m512 reduce_tile_avx512(const __m512 (&acc)[R][T]) {
-  __m512 v[16];
-#pragma GCC unroll 16
-  for (int n = 0; n < 16; ++n) v[n] = _mm512_setzero_ps();
-#pragma GCC unroll 4
-  for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 4
-    for (int j = 0; j < T; ++j) v[4 * r + j] = acc[r][j];
-  }
-  return reduce16_avx512(v);
-}
-
-template <int R, int T>
-KVLAB_TARGET_AVX512 void tile_avx512(const float* __restrict x, const float* __restrict w,
-                                     float* __restrict y, int64_t k, int64_t n_out,
-                                     uintptr_t prefetch) {
-  static_assert(R <= 4 && T <= 4, "unsupported tile");
-  const float* wr[R];
-#pragma GCC unroll 4
-  for (int r = 0; r < R; ++r) wr[r] = w + r * k;
-  __m512 acc[R][T];
-  dots_avx512<R, T>(x, wr, k, acc, prefetch);
-  const __m512 z = reduce_tile_avx512<R, T>(acc);
-  store_rows_avx512<R>(y, _mm512_castps512_ps128(z));
-  if constexpr (T > 1) store_rows_avx512<R>(y + n_out, _mm512_extractf32x4_ps(z, 1));
-  if constexpr (T > 2) store_rows_avx512<R>(y + 2 * n_out, _mm512_extractf32x4_ps(z, 2));
-  if constexpr (T > 3) store_rows_avx512<R>(y + 3 * n_out, _mm512_extractf32x4_ps(z, 3));
-}
-
-// Sums of acc[s][j] for 4 streams s and T tokens, written to y[j * n_out + row[s]] for s < n
-// (n = 4, or 1 for a lone row whose stream slots all repeat it).
-template <int T>
-KVLAB_TARGET_AVX512 inline void store_streams_avx512(const __m512 (&acc)[4][T], float* y,
-                                                     int64_t n_out, const int64_t (&row)[4],
-                                                     int n) {
-  alignas(64) float out[16];
-  if constexpr (T == 1) {
-    const __m512 v[4] = {acc[0][0], acc[1][0], acc[2][0], acc[3][0]};
-    _mm_store_ps(out, reduce4_avx512(v));  // lane s: stream s
-  } else {
-    _mm512_store_ps(out, reduce_tile_avx512<4, T>(acc));  // lane 4j+s: stream s, token j
-  }
-  for (int j = 0; j < T; ++j) {
-    for (int s = 0; s < n; ++s) y[j * n_out + row[s]] = out[4 * j + s];
-  }
-}
-
-template <int T>
-KVLAB_TARGET_AVX512 void stream_rows_avx512(const float* __restrict x, const float* __restrict w,
-                                            float* __restrict y, int64_t k, int64_t n_out,
-                                            int64_t n_rows) {
-  static_assert(T <= 4, "unsupported token count");
-  const int64_t len = n_rows / 4;
-  __m512 acc[4][T];
-  for (int64_t j = 0; j < len; ++j) {
-    const int64_t row[4] = {j, len + j, 2 * len + j, 3 * len + j};
-    const float* wr[4] = {w + row[0] * k, w + row[1] * k, w + row[2] * k, w + row[3] * k};
-    dots_avx512<4, T>(x, wr, k, acc);
-    store_streams_avx512<T>(acc, y, n_out, row, 4);
-  }
-  for (int64_t r = 4 * len; r < n_rows; ++r) {
-    const int64_t row[4] = {r, r, r, r};
-    const float* wr[4] = {w + r * k, w + r * k, w + r * k, w + r * k};
-    dots_avx512<4, T>(x, wr, k, acc);
-    store_streams_avx512<T>(acc, y, n_out, row, 1);
-  }
-}
-
-struct Avx512Kernel {
+// The SIMD ISAs: their register tiles (matmul_simd.h, compiled in isa_avx2.cc / isa_avx512.cc).
+template <class V, auto kTile, auto kStreamRows>
+struct SimdKernel {
   static constexpr int kTileRows = 4;
-  static constexpr int kTileTokens = 4;
+  static constexpr int kTileTokens = V::kMatmulTokens;
   template <int R, int T>
-  static void tile(const float* x, const float* w, float* y, int64_t k, int64_t n_out,
-                   uintptr_t prefetch) {
-    tile_avx512<R, T>(x, w, y, k, n_out, prefetch);
+  static void tile(const float* x, const float* w, float* y, int64_t k, int64_t n_out, uintptr_t prefetch) {
+    kTile(R, T, x, w, y, k, n_out, prefetch);
   }
   template <int T>
-  static void stream_rows(const float* x, const float* w, float* y, int64_t k, int64_t n_out,
-                          int64_t n_rows) {
-    stream_rows_avx512<T>(x, w, y, k, n_out, n_rows);
+  static void stream_rows(const float* x, const float* w, float* y, int64_t k, int64_t n_out, int64_t n_rows) {
+    kStreamRows(T, x, w, y, k, n_out, n_rows);
   }
 };
-
-// ---------------------------------------------------------------------------------------------
-// AVX2
-
-// Lane r of the result is the sum of the 8 lanes of v[r], by the fixed tree
-// ((l0+l1)+(l2+l3)) + ((l4+l5)+(l6+l7)): two rounds of hadd, then the two 128-bit halves.
-KVLAB_TARGET_AVX2 inline __m128 reduce4_avx2(__m256 v0, __m256 v1, __m256 v2, __m256 v3) {
-  const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(v0, v1), _mm256_hadd_ps(v2, v3));
-  return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-}
-
-// Stores the first R (1..4) lanes of v at y.
-template <int R>
-KVLAB_TARGET_AVX2 inline void store_rows_avx2(float* y, __m128 v) {
-  if constexpr (R == 4) {
-    _mm_storeu_ps(y, v);
-  } else {
-    _mm_maskstore_ps(y, _mm_cmpgt_epi32(_mm_set1_epi32(R), _mm_setr_epi32(0, 1, 2, 3)), v);
-  }
-}
-
-// acc[r][j] = the dots of rows w[r] and tokens x + j*k (R <= 4), the fixed per-dot scheme.
-// `prefetch` as for dots_avx512.
-template <int R, int T>
-KVLAB_TARGET_AVX2 inline void dots_avx2(const float* x, const float* const (&w)[R], int64_t k,
-                                        __m256 (&acc)[R][T], uintptr_t prefetch = 0) {
-#pragma GCC unroll 4
-  for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 4
-    for (int j = 0; j < T; ++j) acc[r][j] = _mm256_setzero_ps();
-  }
-  int64_t i = 0;
-  for (; i + 8 <= k; i += 8) {
-    if (prefetch) prefetch_l2(prefetch, i / 8 * (R * 32), R * 32);  // (R < 2: a line twice)
-    __m256 xv[T];
-#pragma GCC unroll 4
-    for (int j = 0; j < T; ++j) xv[j] = _mm256_loadu_ps(x + j * k + i);
-#pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) {
-      const __m256 wv = _mm256_loadu_ps(w[r] + i);
-#pragma GCC unroll 4
-      for (int j = 0; j < T; ++j) acc[r][j] = _mm256_fmadd_ps(wv, xv[j], acc[r][j]);
-    }
-  }
-  if (i < k) {  // the last k % 8 elements; masked-off lanes load 0 and touch no memory
-    const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(int(k - i)),
-                                         _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    __m256 xv[T];
-#pragma GCC unroll 4
-    for (int j = 0; j < T; ++j) xv[j] = _mm256_maskload_ps(x + j * k + i, m);
-#pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) {
-      const __m256 wv = _mm256_maskload_ps(w[r] + i, m);
-#pragma GCC unroll 4
-      for (int j = 0; j < T; ++j) acc[r][j] = _mm256_fmadd_ps(wv, xv[j], acc[r][j]);
-    }
-  }
-}
-
-// The sums of acc[r][j] for token j, rows r < R in lanes r (the others 0).
-template <int R, int T>
-KVLAB_TARGET_AVX2 inline __m128 reduce_token_avx2(const __m256 (&acc)[R][T], int j) {
-  __m256 v[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
-                 _mm256_setzero_ps()};
-#pragma GCC unroll 4
-  for (int r = 0; r < R; ++r) v[r] = acc[r][j];
-  return reduce4_avx2(v[0], v[1], v[2], v[3]);
-}
-
-template <int R, int T>
-KVLAB_TARGET_AVX2 void tile_avx2(const float* __restrict x, const float* __restrict w,
-                                 float* __restrict y, int64_t k, int64_t n_out,
-                                 uintptr_t prefetch) {
-  static_assert(R <= 4, "unsupported tile");
-  const float* wr[R];
-#pragma GCC unroll 4
-  for (int r = 0; r < R; ++r) wr[r] = w + r * k;
-  __m256 acc[R][T];
-  dots_avx2<R, T>(x, wr, k, acc, prefetch);
-#pragma GCC unroll 4
-  for (int j = 0; j < T; ++j) store_rows_avx2<R>(y + j * n_out, reduce_token_avx2<R, T>(acc, j));
-}
-
-template <int T>
-KVLAB_TARGET_AVX2 void stream_rows_avx2(const float* __restrict x, const float* __restrict w,
-                                        float* __restrict y, int64_t k, int64_t n_out,
-                                        int64_t n_rows) {
-  const int64_t len = n_rows / 4;
-  __m256 acc[4][T];
-  alignas(16) float out[4];
-  for (int64_t j = 0; j < len; ++j) {
-    const int64_t row[4] = {j, len + j, 2 * len + j, 3 * len + j};
-    const float* wr[4] = {w + row[0] * k, w + row[1] * k, w + row[2] * k, w + row[3] * k};
-    dots_avx2<4, T>(x, wr, k, acc);
-    for (int t = 0; t < T; ++t) {
-      _mm_store_ps(out, reduce_token_avx2<4, T>(acc, t));
-      for (int s = 0; s < 4; ++s) y[t * n_out + row[s]] = out[s];
-    }
-  }
-  for (int64_t r = 4 * len; r < n_rows; ++r) {
-    const float* wr[1] = {w + r * k};
-    __m256 acc1[1][T];
-    dots_avx2<1, T>(x, wr, k, acc1);
-    for (int t = 0; t < T; ++t) {
-      _mm_store_ps(out, reduce_token_avx2<1, T>(acc1, t));
-      y[t * n_out + r] = out[0];
-    }
-  }
-}
-
-struct Avx2Kernel {
-  static constexpr int kTileRows = 4;
-  static constexpr int kTileTokens = 3;
-  template <int R, int T>
-  static void tile(const float* x, const float* w, float* y, int64_t k, int64_t n_out,
-                   uintptr_t prefetch) {
-    tile_avx2<R, T>(x, w, y, k, n_out, prefetch);
-  }
-  template <int T>
-  static void stream_rows(const float* x, const float* w, float* y, int64_t k, int64_t n_out,
-                          int64_t n_rows) {
-    stream_rows_avx2<T>(x, w, y, k, n_out, n_rows);
-  }
-};
+using Avx2Kernel = SimdKernel<Vec8, avx2::matmul_tile, avx2::matmul_stream_rows>;
+using Avx512Kernel = SimdKernel<Vec16, avx512::matmul_tile, avx512::matmul_stream_rows>;
 #endif  // KVLAB_X86
 
 // ---------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@
 //   F, kLanes          the f32 vector and its lane count
 //   kTile              register tile: the kernels keep 4 rows x kTile accumulators (16 registers
 //                      on AVX-512, 8 on AVX2, leaving room for the operands)
+//   kMatmulTokens      tokens of the matmul's 4-row register tile (matmul_simd.h)
 //   Lanes, lanes(t)    any set of lanes (key visibility in the softmax)
 //   Tail, tail(n)      the first min(n, kLanes) lanes; loads through a tail read nothing beyond
 //                      them and give 0 there, stores write only them
@@ -65,6 +66,7 @@ struct Vec8 {
   using F = __m256;
   static constexpr int kLanes = 8;
   static constexpr int kTile = 2;
+  static constexpr int kMatmulTokens = 3;  // 4 x 3 accumulators + 3 x + 1 w: all 16 registers
 
   // A tail is only its count (GCC keeps a struct holding a vector in memory, and copies it at
   // every use); the lane mask is made where a partial vector needs it.
@@ -255,6 +257,7 @@ struct Vec16 {
   using F = __m512;
   static constexpr int kLanes = 16;
   static constexpr int kTile = 4;
+  static constexpr int kMatmulTokens = 4;
 
   struct Tail {
     __mmask16 m;
