@@ -97,34 +97,30 @@ inline void read_ahead_meta(const void* a, const void* b, int64_t bytes) {
   }
 }
 
-// Entry points per ISA, with the contract of kv_scores / kv_accumulate (kv_attention.h).
+// The scalar reference, with the contract of kv_scores / kv_accumulate (kv_attention.h).
 void scores_scalar(const KvBlock& k, const float* q, int rows, float* s);
 void accumulate_scalar(const KvBlock& v, const float* p, int rows, float* acc);
-// The same for the online softmax and exp (softmax.h).
+
+// The entry points of each SIMD ISA (isa_entry.inc defines them in namespaces avx2 and avx512):
+// decode attention (kv_attention.h), the online softmax and exp (softmax.h), and the matmul's
+// register tiles (matmul_simd.h: rows 1 or 4, tokens 1 .. Vec::kMatmulTokens).
+#define KVLAB_ISA_ENTRY_POINTS                                                                                   \
+  void scores(const KvBlock& k, const float* q, int rows, float* s);                                             \
+  void accumulate(const KvBlock& v, const float* p, int rows, float* acc);                                       \
+  void online_softmax(float* s, int rows, int n, const int32_t* key_pos, int32_t first_pos,                      \
+                      const int32_t* row_pos, float* m, float* l, float* acc, int d);                            \
+  void exp_n(float* x, int64_t n);                                                                               \
+  void matmul_tile(int rows, int tokens, const float* x, const float* w, float* y, int64_t k, int64_t n_out,     \
+                   uintptr_t prefetch);                                                                          \
+  void matmul_stream_rows(int tokens, const float* x, const float* w, float* y, int64_t k, int64_t n_out,        \
+                          int64_t n_rows);
 namespace avx2 {
-void scores(const KvBlock& k, const float* q, int rows, float* s);
-void accumulate(const KvBlock& v, const float* p, int rows, float* acc);
-void online_softmax(float* s, int rows, int n, const int32_t* key_pos, int32_t first_pos, const int32_t* row_pos,
-                    float* m, float* l, float* acc, int d);
-void exp_n(float* x, int64_t n);
-// The matmul's register tiles (matmul_simd.h): rows 1 or 4, tokens 1 .. Vec::kMatmulTokens.
-void matmul_tile(int rows, int tokens, const float* x, const float* w, float* y, int64_t k, int64_t n_out,
-                 uintptr_t prefetch);
-void matmul_stream_rows(int tokens, const float* x, const float* w, float* y, int64_t k, int64_t n_out,
-                        int64_t n_rows);
+KVLAB_ISA_ENTRY_POINTS
 }  // namespace avx2
 namespace avx512 {
-void scores(const KvBlock& k, const float* q, int rows, float* s);
-void accumulate(const KvBlock& v, const float* p, int rows, float* acc);
-void online_softmax(float* s, int rows, int n, const int32_t* key_pos, int32_t first_pos, const int32_t* row_pos,
-                    float* m, float* l, float* acc, int d);
-void exp_n(float* x, int64_t n);
-// The matmul's register tiles (matmul_simd.h): rows 1 or 4, tokens 1 .. Vec::kMatmulTokens.
-void matmul_tile(int rows, int tokens, const float* x, const float* w, float* y, int64_t k, int64_t n_out,
-                 uintptr_t prefetch);
-void matmul_stream_rows(int tokens, const float* x, const float* w, float* y, int64_t k, int64_t n_out,
-                        int64_t n_rows);
+KVLAB_ISA_ENTRY_POINTS
 }  // namespace avx512
+#undef KVLAB_ISA_ENTRY_POINTS
 
 // The integer paths (kv_int_vnni.cc, kv_int_avx2.cc): which blocks they take, and the kernels.
 // The *_take functions decide everything (format, bits, group, head size, CPU features).
