@@ -145,13 +145,28 @@ void int_token_acc_tile(const KvBlock& v, const float* p, const float* zs, int c
   typename V::Tail m[C];
   F a[R][C];
   load_acc_tile<V, R, C>(acc, d, c0, m, a);
+  // One group over the whole tile: p * scale is one number per (row, token), the same product
+  // every lane would round.
+  const bool one_group = c0 / v.group == (c0 + L * C - 1) / v.group;
   for (int j = 0; j < n; ++j) {
     const uint8_t* row = v.data + j * v.stride;
-    F code[C], sl[C];
+    F code[C];
+    KVLAB_UNROLL
+    for (int c = 0; c < C; ++c) code[c] = V::codes(row, c0 + L * c, v.bits, rb);
+    if (one_group) {
+      const float sc = V::h2f(v.scale[j * G + c0 / v.group]);
+      KVLAB_UNROLL
+      for (int r = 0; r < R; ++r) {
+        const F ps = V::set1(p[r * n + j] * sc);
+        KVLAB_UNROLL
+        for (int c = 0; c < C; ++c) a[r][c] = V::fma(ps, code[c], a[r][c]);
+      }
+      continue;
+    }
+    F sl[C];
     KVLAB_UNROLL
     for (int c = 0; c < C; ++c) {
       F zl;
-      code[c] = V::codes(row, c0 + L * c, v.bits, rb);
       token_lanes<V>(v, j, c0 + L * c, &sl[c], &zl);
     }
     KVLAB_UNROLL
