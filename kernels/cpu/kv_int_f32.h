@@ -125,7 +125,7 @@ void int_token_scores(const KvBlock& k, const float* q, int rows, float* s) {
       // The tile's token t sits at tile + t * dp; scores land at sr[r * n + t].
       with_rows(rows - r0, [&]<int R>() {
         with_rows(tn, [&]<int N>() {
-          if constexpr (N <= T) dense_scores_tile<V, KvFormat::kF32, R, N>(tb, dp * 4, nullptr, 0, qr, d, sr, n, nullptr);
+          if constexpr (N <= T) dense_scores_tile<V, KvFormat::kF32, R, N, false>(tb, dp * 4, nullptr, 0, qr, d, sr, n, nullptr);
         });
       });
     }

@@ -10,9 +10,9 @@
 //   Lanes, lanes(t)    any set of lanes (key visibility in the softmax)
 //   Tail, tail(n)      the first min(n, kLanes) lanes; loads through a tail read nothing beyond
 //                      them and give 0 there, stores write only them
-//   load_dense<Fmt, kNan>   channels c .. c + kLanes - 1 of a token-major row as f32 (fp8: 2^-8
-//                      of the e4m3 value, see kE4m3Unscale; kNan = false: for blocks without
-//                      e4m3 NaN codes, any_e4m3_nan)
+//   load_dense<Fmt, kRaw>   channels c .. c + kLanes - 1 of a token-major row as f32 (fp8: 2^-8
+//                      of the e4m3 value, every byte exact, NaN kept; kRaw: 2^-120 of it, cheaper,
+//                      for blocks without NaN codes: any_e4m3_nan; kv_dense.h)
 //   codes              codes first .. first + kLanes - 1 (first % 8 == 0) of a bit stream as f32,
 //                      never reading past its end
 //   hsums<N>           out[i] = the sum of v[i]'s lanes, each by one fixed tree (lane l + lane
@@ -91,6 +91,13 @@ struct Vec8 {
   // them, and the loads, not the fmas, then bound the loop.
   KVLAB_TARGET_AVX2 static void keep(F& v) { __asm__("" : "+x"(v)); }
   KVLAB_TARGET_AVX2 static F sub(F a, F b) { return _mm256_sub_ps(a, b); }
+  KVLAB_TARGET_AVX2 static F abs(F a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
+  // f16 values p[0 .. min(count, 8)) as f32 (0 beyond).
+  KVLAB_TARGET_AVX2 static F load_f16(const uint16_t* p, Tail t) {
+    const uint8_t* b = reinterpret_cast<const uint8_t*>(p);
+    return _mm256_cvtph_ps(t.count >= 8 ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(b))
+                                        : load_partial16(b, 2 * t.count));
+  }
   KVLAB_TARGET_AVX2 static F fnma(F a, F b, F c) { return _mm256_fnmadd_ps(a, b, c); }  // c - a * b
   KVLAB_TARGET_AVX2 static F max(F a, F b) { return _mm256_max_ps(a, b); }  // b where either is NaN
   KVLAB_TARGET_AVX2 static F min(F a, F b) { return _mm256_min_ps(a, b); }  // b where either is NaN
@@ -147,18 +154,22 @@ struct Vec8 {
 
   // e4m3 bytes -> f32 times 2^-8, exact: the e4m3 bits moved into an f16 (sign to bit 15, the 7
   // magnitude bits to bits 13..7) are the same number with exponent bias 15 instead of 7, normal
-  // and subnormal alike; vcvtph2ps widens. kNan: 0x7f / 0xff become the f16 NaN; without it they
-  // read as 480 * 2^-8, and the kernels take this form only for blocks without them
-  // (any_e4m3_nan).
-  template <bool kNan>
+  // and subnormal alike; vcvtph2ps widens. 0x7f / 0xff become the f16 NaN.
   KVLAB_TARGET_AVX2 static F e4m3(__m128i bytes) {
     __m128i w = _mm_unpacklo_epi8(_mm_setzero_si128(), bytes);  // s mmmmmmm 0...
     w = _mm_and_si128(_mm_srai_epi16(w, 1), _mm_set1_epi16(short(0xbfff)));
-    if constexpr (kNan) {
-      const __m128i mag = _mm_set1_epi16(0x3f80);
-      w = _mm_blendv_epi8(w, _mm_set1_epi16(0x7e00), _mm_cmpeq_epi16(_mm_and_si128(w, mag), mag));
-    }
+    const __m128i mag = _mm_set1_epi16(0x3f80);
+    w = _mm_blendv_epi8(w, _mm_set1_epi16(0x7e00), _mm_cmpeq_epi16(_mm_and_si128(w, mag), mag));
     return _mm256_cvtph_ps(w);
+  }
+
+  // e4m3 bytes -> f32 times 2^-120, exact, for bytes that are not NaN (0x7f / 0xff read as 480):
+  // the sign-extended byte shifted left by 20 has the 7 magnitude bits at 26..20 (an f32 with
+  // the e4m3 exponent under bias 127 instead of 7; subnormals become f32 subnormals) and copies of
+  // the sign at 31..27, of which the and keeps bit 31. No conversion instruction.
+  KVLAB_TARGET_AVX2 static F e4m3_raw(__m128i bytes) {
+    const __m256i x = _mm256_slli_epi32(_mm256_cvtepi8_epi32(bytes), 20);
+    return _mm256_castsi256_ps(_mm256_and_si256(x, _mm256_set1_epi32(int(0x87f00000u))));
   }
 
   // Whether any of the n rows of d bytes (stride apart) holds an e4m3 NaN (0x7f or 0xff).
@@ -178,7 +189,7 @@ struct Vec8 {
     return tail_hit || !_mm256_testz_si256(hit, hit);
   }
 
-  template <KvFormat Fmt, bool kNan = true>
+  template <KvFormat Fmt, bool kRaw = false>
   KVLAB_TARGET_AVX2 static F load_dense(const uint8_t* row, int c, Tail t) {
     if constexpr (Fmt == KvFormat::kF32) {
       return load(reinterpret_cast<const float*>(row) + c, t);
@@ -190,8 +201,9 @@ struct Vec8 {
                                      : load_partial16(row + 2 * c, 2 * t.count);
       return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
     } else {
-      return e4m3<kNan>(t.count >= 8 ? _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + c))
-                                     : load_partial16(row + c, t.count));
+      const __m128i b = t.count >= 8 ? _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + c))
+                                     : load_partial16(row + c, t.count);
+      return kRaw ? e4m3_raw(b) : e4m3(b);
     }
   }
 
@@ -275,6 +287,8 @@ struct Vec16 {
   KVLAB_TARGET_AVX512 static F fma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }  // a * b + c
   KVLAB_TARGET_AVX512 static void keep(F& v) { __asm__("" : "+v"(v)); }  // as Vec8::keep
   KVLAB_TARGET_AVX512 static F sub(F a, F b) { return _mm512_sub_ps(a, b); }
+  KVLAB_TARGET_AVX512 static F abs(F a) { return _mm512_abs_ps(a); }
+  KVLAB_TARGET_AVX512 static F load_f16(const uint16_t* p, Tail t) { return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(t.m, p)); }
   KVLAB_TARGET_AVX512 static F fnma(F a, F b, F c) { return _mm512_fnmadd_ps(a, b, c); }  // c - a * b
   KVLAB_TARGET_AVX512 static F max(F a, F b) { return _mm512_max_ps(a, b); }  // b where either is NaN
   KVLAB_TARGET_AVX512 static F min(F a, F b) { return _mm512_min_ps(a, b); }  // b where either is NaN
@@ -301,16 +315,18 @@ struct Vec16 {
   }
 
   // e4m3 bytes -> f32 times 2^-8, as Vec8::e4m3.
-  template <bool kNan>
   KVLAB_TARGET_AVX512 static F e4m3(__m128i bytes) {
     __m256i w = _mm256_slli_epi16(_mm256_cvtepu8_epi16(bytes), 8);  // s mmmmmmm 0...
     w = _mm256_and_si256(_mm256_srai_epi16(w, 1), _mm256_set1_epi16(short(0xbfff)));
-    if constexpr (kNan) {
-      const __m256i mag = _mm256_set1_epi16(0x3f80);
-      const __mmask16 nan = _mm256_cmpeq_epi16_mask(_mm256_and_si256(w, mag), mag);
-      w = _mm256_mask_mov_epi16(w, nan, _mm256_set1_epi16(0x7e00));
-    }
-    return _mm512_cvtph_ps(w);
+    const __m256i mag = _mm256_set1_epi16(0x3f80);
+    const __mmask16 nan = _mm256_cmpeq_epi16_mask(_mm256_and_si256(w, mag), mag);
+    return _mm512_cvtph_ps(_mm256_mask_mov_epi16(w, nan, _mm256_set1_epi16(0x7e00)));
+  }
+
+  // e4m3 bytes -> f32 times 2^-120, as Vec8::e4m3_raw.
+  KVLAB_TARGET_AVX512 static F e4m3_raw(__m128i bytes) {
+    const __m512i x = _mm512_slli_epi32(_mm512_cvtepi8_epi32(bytes), 20);
+    return _mm512_castsi512_ps(_mm512_and_si512(x, _mm512_set1_epi32(int(0x87f00000u))));
   }
 
   // As Vec8::any_e4m3_nan.
@@ -327,7 +343,7 @@ struct Vec16 {
     return hit != 0;
   }
 
-  template <KvFormat Fmt, bool kNan = true>
+  template <KvFormat Fmt, bool kRaw = false>
   KVLAB_TARGET_AVX512 static F load_dense(const uint8_t* row, int c, Tail t) {
     if constexpr (Fmt == KvFormat::kF32) {
       return _mm512_maskz_loadu_ps(t.m, row + 4 * c);
@@ -336,7 +352,8 @@ struct Vec16 {
     } else if constexpr (Fmt == KvFormat::kBF16) {
       return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(t.m, row + 2 * c)), 16));
     } else {
-      return e4m3<kNan>(_mm_maskz_loadu_epi8(t.m, row + c));
+      const __m128i b = _mm_maskz_loadu_epi8(t.m, row + c);
+      return kRaw ? e4m3_raw(b) : e4m3(b);
     }
   }
 
