@@ -422,6 +422,44 @@ TEST(KvReference, ReaderMatchesDequantizeBlock) {
   }
 }
 
+// fp8 has two readings on the SIMD ISAs (kv_dense.h): a cheap one with the 2^120 folded into the
+// query or into p * scale, and the exact one for queries of |q| >= 128, p * scale > 128 and
+// blocks with NaN codes. Both must meet the f32 budget: tiny, normal and huge magnitudes of the
+// values (e4m3 subnormals included) against small and huge queries and probabilities.
+TEST(KvKernels, Fp8EveryMagnitudeWithinBudget) {
+  const int n = 37, d = 40, rows = 3;
+  for (float x_amp : {1e-3f, 1.0f, 3e4f}) {
+    for (float q_amp : {1e-2f, 1.0f, 1e3f}) {
+      Rng rng(11);
+      std::vector<float> x = kv_like(rng, n, d);
+      for (float& e : x) e *= x_amp;
+      const Packed p = pack({KvFormat::kFp8}, x.data(), n, d);
+      const std::vector<float> q = random_matrix(rng, rows, d, q_amp);
+      std::vector<float> pr(size_t(rows) * n);
+      for (float& e : pr) e = std::min(1.0f, q_amp * rng.uniform());
+      for (Isa isa : supported_isas()) {
+        std::vector<float> s(size_t(rows) * n), acc(size_t(rows) * d, 0.0f);
+        kv_scores_isa(isa, p.block, q.data(), rows, s.data());
+        kv_accumulate_isa(isa, p.block, pr.data(), rows, acc.data());
+        for (int r = 0; r < rows; ++r) {
+          for (int j = 0; j < n; ++j) {
+            double exact = 0;
+            for (int c = 0; c < d; ++c) exact += double(q[r * d + c]) * value(p.block, j, c);
+            EXPECT_LE(std::fabs(s[r * n + j] - exact), score_bound(isa, p.block, q.data() + r * d, j))
+                << isa_name(isa) << " x " << x_amp << " q " << q_amp << " r=" << r << " j=" << j;
+          }
+          for (int c = 0; c < d; ++c) {
+            double exact = 0;
+            for (int j = 0; j < n; ++j) exact += double(pr[r * n + j]) * value(p.block, j, c);
+            EXPECT_LE(std::fabs(acc[r * d + c] - exact), acc_bound(isa, p.block, pr.data() + r * n, 0.0, c))
+                << isa_name(isa) << " x " << x_amp << " q " << q_amp << " r=" << r << " c=" << c;
+          }
+        }
+      }
+    }
+  }
+}
+
 // e4m3 0x7f / 0xff are NaN (kv_format.h): a score or value that reads one is NaN on every ISA.
 TEST(KvKernels, Fp8NanPropagates) {
   const int n = 5, d = 24;
