@@ -100,18 +100,20 @@ void dense_scores(const uint8_t* data, int64_t stride, const uint16_t* scale, in
   const ReadAhead ah = read_ahead(data, int64_t(n) * stride);
   if (Fmt == KvFormat::kFp8) read_ahead_meta(scale, nullptr, 2 * int64_t(n));
   const bool raw = Fmt == KvFormat::kFp8 && !V::any_e4m3_nan(data, stride, n, d);
-  alignas(64) float q_raw[4 * kMaxSimdD];  // a chunk's rows times 2^120
+  alignas(64) float q_raw[Fmt == KvFormat::kFp8 ? 4 * kMaxSimdD : 1];  // a chunk's rows times 2^120
   for (int r0 = 0; r0 < rows; r0 += 4) {
     const float* qr = q + int64_t(r0) * d;
     float* sr = s + int64_t(r0) * n;
     const uint8_t* next = r0 == 0 ? ah.p : nullptr;
     const int chunk = std::min(4, rows - r0);
-    if (raw && max_abs<V>(qr, int64_t(chunk) * d) < kRawLimit) {
-      for (int i = 0; i < chunk * d; ++i) q_raw[i] = qr[i] * kRawUnscale;
-      with_rows(chunk, [&]<int R>() { dense_scores_rows<V, Fmt, R, true>(data, stride, scale, n, q_raw, d, sr, next); });
-    } else {
-      with_rows(chunk, [&]<int R>() { dense_scores_rows<V, Fmt, R, false>(data, stride, scale, n, qr, d, sr, next); });
+    if constexpr (Fmt == KvFormat::kFp8) {
+      if (raw && max_abs<V>(qr, int64_t(chunk) * d) < kRawLimit) {
+        for (int i = 0; i < chunk * d; ++i) q_raw[i] = qr[i] * kRawUnscale;
+        with_rows(chunk, [&]<int R>() { dense_scores_rows<V, Fmt, R, true>(data, stride, scale, n, q_raw, d, sr, next); });
+        continue;
+      }
     }
+    with_rows(chunk, [&]<int R>() { dense_scores_rows<V, Fmt, R, false>(data, stride, scale, n, qr, d, sr, next); });
   }
 }
 
