@@ -170,10 +170,10 @@ double f32_budget(int len, double abs_terms) {
 }
 
 // The largest |kv_scores - exact| for row q and token j of block k on `isa`: the f32 budget of the
-// d-term dot product, plus, where the kernel quantizes the scale-folded query to int8
-// (kv_scores_quantize_query), the bound derived in kv_attention.h:
-//   qs = max_c |q[c] * scale[c]| / 127,  |error| <= (qs / 2) * sum_c |code(j, c) - m|,
-//   m = (2^bits - 1) / 2,
+// d-term dot product, plus, where the kernel quantizes the scale-folded query to int8 (int16 for
+// 8-bit codes: AVX2) (kv_scores_quantize_query), the bound derived in kv_attention.h:
+//   qs = max_c |q[c] * scale[c]| / 127 (8-bit codes: / 32767),
+//   |error| <= (qs / 2) * sum_c |code(j, c) - m|,  m = (2^bits - 1) / 2,
 // with the f32 budget widened by the bias-correction sum m * sum_c |q[c] * scale[c]|.
 double score_bound(Isa isa, const KvBlock& k, const float* q, int j) {
   double terms = 0;
@@ -191,7 +191,8 @@ double score_bound(Isa isa, const KvBlock& k, const float* q, int j) {
       qsum += qp;
       centred += std::fabs(double(read_code(k.data + c * k.stride, j, k.bits)) - m);
     }
-    const double qs = qmax / 127 * (1 + 1e-6);  // the kernel's f32 qs may round up
+    const double levels = k.bits == 8 ? 32767 : 127;
+    const double qs = qmax / levels * (1 + 1e-6);  // the kernel's f32 qs may round up
     bound += qs / 2 * centred + f32_budget(k.d, m * qsum);
   } else if (kv_scores_quantize_query(isa, k)) {
     // kIntToken: q itself is quantized (qs = max|q| / 127); the scale of token j's group
@@ -213,8 +214,9 @@ double score_bound(Isa isa, const KvBlock& k, const float* q, int j) {
 
 // The largest |kv_accumulate - exact| for channel c of one row (probabilities p, prior value
 // acc0): the f32 budget of the n + 1 terms, plus, where the kernel quantizes p * scale to uint8
-// (kv_accumulate_quantize_probs), per chunk of 128 tokens:
-//   ps = max_{j, g} p[j] * scale[j, g] / 255,  |error| <= (ps / 2) * sum_j |code(j, c) - m|.
+// (15 bits for 8-bit codes: AVX2) (kv_accumulate_quantize_probs), per chunk of 128 tokens:
+//   ps = max_{j, g} p[j] * scale[j, g] / 255 (8-bit codes: / 32767),
+//   |error| <= (ps / 2) * sum_j |code(j, c) - m|.
 double acc_bound(Isa isa, const KvBlock& v, const float* p, double acc0, int c) {
   double terms = std::fabs(acc0);
   for (int j = 0; j < v.n; ++j) {
@@ -233,7 +235,7 @@ double acc_bound(Isa isa, const KvBlock& v, const float* p, double acc0, int c) 
         psum += double(p[j]) * f16_to_f32(v.scale[j * groups + c / v.group]);
         centred += std::fabs(double(read_code(v.data + j * v.stride, c, v.bits)) - m);
       }
-      const double ps = pmax / 255 * (1 + 1e-6);
+      const double ps = pmax / (v.bits == 8 ? 32767 : 255) * (1 + 1e-6);
       bound += ps / 2 * centred + f32_budget(j1 - j0, m * psum);
     }
   }
