@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command of the README: installs dependencies, fetches the model, builds, runs every
-# test, then reruns the kernel-dependent suites under each narrower ISA.
+# test, reruns the kernel-dependent suites under each narrower ISA, then the sanitized suite.
 # Tests run one at a time: each already uses every core through OpenMP.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -22,3 +22,5 @@ for isa in $(awk '$2 == "(active)" { exit } { print $1 }' <<<"$isas"); do
     grep "active ISA: $isa\$" || { echo "[run_tests] KVLAB_ISA=$isa did not reach the tests" >&2; exit 1; }
   KVLAB_ISA=$isa ctest -L '^isa$' --output-on-failure --timeout 900
 done
+
+"$root/scripts/run_sanitized_tests.sh"
