@@ -52,6 +52,7 @@ class BinaryReader {
   }
   Status get_bytes(void* dst, size_t n) {
     KVLAB_RETURN_IF_ERROR(need(n));
+    if (n == 0) return Status::Ok();  // dst may then be null (an empty vector's data()): memcpy's UB
     std::memcpy(dst, p_ + pos_, n);
     pos_ += n;
     return Status::Ok();

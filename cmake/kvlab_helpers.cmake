@@ -2,6 +2,8 @@
 #
 #   kvlab_cc_library(NAME model SRCS a.cc HDRS a.h DEPS kvlab::base)   -> target kvlab_model, alias kvlab::model
 #   kvlab_cc_test(NAME gguf_test SRCS gguf_test.cc DEPS kvlab::model)  -> one executable, tests discovered by CTest
+#     [LABELS isa]: CTest labels of its tests; `isa` marks the suites that scripts/run_tests.sh reruns
+#     under each narrower $KVLAB_ISA
 #   kvlab_cc_bench(NAME decoder_bench SRCS decoder_bench.cc DEPS ...)  -> one Google Benchmark executable
 
 set(KVLAB_WARNINGS -Wall -Wextra -Wno-unknown-pragmas)
@@ -17,13 +19,17 @@ function(kvlab_cc_library)
 endfunction()
 
 function(kvlab_cc_test)
-  cmake_parse_arguments(ARG "" "NAME" "SRCS;DEPS;DEFINES" ${ARGN})
+  cmake_parse_arguments(ARG "" "NAME" "SRCS;DEPS;DEFINES;LABELS" ${ARGN})
   add_executable(${ARG_NAME} ${ARG_SRCS})
   target_compile_options(${ARG_NAME} PRIVATE ${KVLAB_WARNINGS})
   target_compile_definitions(${ARG_NAME} PRIVATE ${KVLAB_SOURCE_DIR_DEFINE} ${ARG_DEFINES})
   target_link_libraries(${ARG_NAME} PRIVATE ${ARG_DEPS} GTest::gtest GTest::gtest_main)
-  gtest_discover_tests(${ARG_NAME} DISCOVERY_TIMEOUT 60
-                       PROPERTIES ENVIRONMENT "KVLAB_BIN_DIR=${CMAKE_BINARY_DIR}/bin")
+  # ENVIRONMENT adds to the environment ctest was started with; $KVLAB_ISA passes through.
+  set(properties ENVIRONMENT "KVLAB_BIN_DIR=${CMAKE_BINARY_DIR}/bin")
+  if(ARG_LABELS)
+    list(APPEND properties LABELS "${ARG_LABELS}")
+  endif()
+  gtest_discover_tests(${ARG_NAME} DISCOVERY_TIMEOUT 60 PROPERTIES ${properties})
 endfunction()
 
 function(kvlab_cc_bench)

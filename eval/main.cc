@@ -9,6 +9,7 @@
 //   kvlab calibrate --model M --text FILE --policy aquakv:... --out FILE [--policy .. --out ..]
 //                   [--lines A-B] [--tokens N] [--window W]
 //   kvlab policies
+//   kvlab isas
 // Common: [--tokenizer FILE] [--threads T] [--quiet]
 #include <omp.h>
 
@@ -55,6 +56,8 @@ constexpr const char* kUsage =
     "  calibrate --model M --text FILE --policy aquakv:bits=B,... --out FILE [--policy P --out F ...]\n"
     "            [--lines A-B] [--tokens N] [--window W]   AQUA-KV predictors from the model's own K/V\n"
     "  policies                                 registered cache policies and their parameters\n"
+    "  isas                                     SIMD instruction sets this CPU supports, narrowest\n"
+    "                                           first; the one the kernels use is marked (active)\n"
     "\n"
     "common options: --tokenizer FILE (llama2.c models), --threads T, --quiet\n"
     "models: a file (GGUF or llama2.c) or an alias: stories260k, smollm2-135m\n"
@@ -384,6 +387,16 @@ Status cmd_policies() {
   return Status::Ok();
 }
 
+// One ISA a line, narrowest first, so that scripts can pick the ISAs narrower than the active one
+// (scripts/run_tests.sh reruns tests under each). Honours $KVLAB_ISA, and exits with code 2 on a
+// bad one, like every command that runs kernels.
+Status cmd_isas() {
+  for (Isa isa : supported_isas()) {
+    std::printf("%s%s\n", isa_name(isa), isa == active_isa() ? " (active)" : "");
+  }
+  return Status::Ok();
+}
+
 Status run(int argc, char** argv) {
   if (argc < 2) return invalid_argument("no command given\n" + std::string(kUsage));
   const std::string cmd = argv[1];
@@ -392,6 +405,7 @@ Status run(int argc, char** argv) {
     return Status::Ok();
   }
   if (cmd == "policies") return cmd_policies();
+  if (cmd == "isas") return cmd_isas();
   std::set<std::string> options, flags = {"--quiet"};
   if (cmd == "info") options = with_common({});
   else if (cmd == "generate") options = with_common({"--prompt", "-n", "--policy", "--temperature", "--seed"});

@@ -2,9 +2,11 @@
 // JSON the eval command writes.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <fstream>
 
 #include "base/file.h"
+#include "kernels/cpu/cpu_features.h"
 #include "tests/testing/gguf_writer.h"
 #include "tests/testing/test_paths.h"
 
@@ -126,6 +128,37 @@ TEST(CliTest, EvalWritesJsonAndAFailedRunLeavesItAlone) {
   r = run_kvlab({"eval", "--model", "stories260k", "--text", text, "--policy", "nosuch", "--json", json});
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_EQ(*read_file_text(json), *out);
+}
+
+// `kvlab isas`: the supported ISAs, narrowest first, the active one marked. Its child process
+// reads the same $KVLAB_ISA as this one (unset, or set by a narrower-ISA rerun of the tests).
+TEST(CliTest, IsasListsSupportedIsasNarrowestFirstAndMarksTheActiveOne) {
+  std::string expected;
+  for (Isa isa : supported_isas()) {
+    expected += std::string(isa_name(isa)) + (isa == active_isa() ? " (active)" : "") + "\n";
+  }
+  const auto r = run_kvlab({"isas"});
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(r.output, expected);
+  EXPECT_EQ(expected.rfind("scalar", 0), 0u) << "every CPU runs the scalar kernels";
+}
+
+// $KVLAB_ISA moves the mark; a bad value is the usual one-line error and exit code 2.
+TEST(CliTest, IsasFollowsKvlabIsa) {
+  const char* saved = std::getenv("KVLAB_ISA");
+  const std::string restore = saved ? saved : "";
+  setenv("KVLAB_ISA", "scalar", 1);
+  auto r = run_kvlab({"isas"});
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(r.output.rfind("scalar (active)\n", 0), 0u) << r.output;
+  EXPECT_EQ(r.output.find("(active)"), r.output.rfind("(active)")) << r.output;
+  setenv("KVLAB_ISA", "avx9000", 1);
+  expect_failure({"isas"}, "kvlab: $KVLAB_ISA: unknown ISA 'avx9000'");
+  if (saved) {
+    setenv("KVLAB_ISA", restore.c_str(), 1);
+  } else {
+    unsetenv("KVLAB_ISA");
+  }
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -306,6 +307,15 @@ TEST(CpuFeaturesTest, ParseIsaRejectsBadNames) {
 
 TEST(CpuFeaturesTest, ActiveIsaIsNoWiderThanDetected) {
   EXPECT_LE(int(active_isa()), int(detected_isa()));
+}
+
+// The ISA $KVLAB_ISA names is the active one, else the widest. The line printed lets
+// scripts/run_tests.sh check that its narrower-ISA reruns reach the tests through ctest.
+TEST(CpuFeaturesTest, ActiveIsaIsTheEnvironmentsOrTheWidest) {
+  const Isa active = active_isa();  // the process exits with code 2 on a bad $KVLAB_ISA
+  const char* env = std::getenv("KVLAB_ISA");
+  EXPECT_EQ(active, env && env[0] != '\0' ? *parse_isa(env) : detected_isa());
+  std::printf("active ISA: %s\n", isa_name(active));
 }
 
 // Every supported ISA is accepted and becomes active; an ISA the CPU lacks is refused with
