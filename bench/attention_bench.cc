@@ -11,6 +11,9 @@
 //                           and zero per group (the `kivi` policy with group=128, every token
 //                           quantized: the contexts are multiples of 128, the exact residual of the
 //                           policy is left out)
+//   kivi4, kivi2            the `kivi` policy's layout at its default group 32: blocks of 128
+//                           tokens holding 4 key groups of 32 tokens (scales per channel and group),
+//                           values in groups of 32 channels
 //
 //   decode_attention/<format>/ctx:<N>/q:<Hq>/kv:<Hkv>/d:<D>/b:<B>
 //
@@ -71,7 +74,8 @@
 namespace kvlab {
 namespace {
 
-constexpr int kKiviGroup = 128;                       // key block tokens; value group (capped at d)
+constexpr int kKiviGroup = 128;                       // block tokens; int* key and value group
+constexpr int kKiviPolicyGroup = 32;                  // the kivi policy's default group
 constexpr int64_t kColdBytes = int64_t(64) << 20;     // history bytes per pool: 2x a 32 MiB L3
 constexpr int kGenTokens = 128;                       // tokens generated at a time while building
 
@@ -86,19 +90,27 @@ struct Format {
   bool dense;              // TokenRing; else BlockStore (KIVI)
   KvFormat dense_format;   // dense only
   int bits;                // integer only
+  int group;               // integer only: key group tokens; value group channels (capped at d)
 };
 
 constexpr Format kFormats[] = {
-    {"f32", true, KvFormat::kF32, 0},  {"f16", true, KvFormat::kF16, 0},  {"bf16", true, KvFormat::kBF16, 0},
-    {"fp8", true, KvFormat::kFp8, 0},  {"int8", false, KvFormat::kF32, 8}, {"int4", false, KvFormat::kF32, 4},
-    {"int3", false, KvFormat::kF32, 3}, {"int2", false, KvFormat::kF32, 2},
+    {"f32", true, KvFormat::kF32, 0, 0},
+    {"f16", true, KvFormat::kF16, 0, 0},
+    {"bf16", true, KvFormat::kBF16, 0, 0},
+    {"fp8", true, KvFormat::kFp8, 0, 0},
+    {"int8", false, KvFormat::kF32, 8, kKiviGroup},
+    {"int4", false, KvFormat::kF32, 4, kKiviGroup},
+    {"int3", false, KvFormat::kF32, 3, kKiviGroup},
+    {"int2", false, KvFormat::kF32, 2, kKiviGroup},
+    {"kivi4", false, KvFormat::kF32, 4, kKiviPolicyGroup},
+    {"kivi2", false, KvFormat::kF32, 2, kKiviPolicyGroup},
 };
 constexpr Layout kLayouts[] = {{9, 3, 64}, {32, 8, 128}};  // SmolLM2-135M, Llama-3-8B
 constexpr int kContexts[] = {1024, 4096, 16384, 32768, 65536};
 constexpr int kBatches[] = {1, 8};
 
-IntFormat kivi_keys(const Format& f) { return {KvFormat::kIntChannel, f.bits, kKiviGroup}; }
-IntFormat kivi_values(const Format& f, int d) { return {KvFormat::kIntToken, f.bits, std::min(kKiviGroup, d)}; }
+IntFormat kivi_keys(const Format& f) { return {KvFormat::kIntChannel, f.bits, f.group}; }
+IntFormat kivi_values(const Format& f, int d) { return {KvFormat::kIntToken, f.bits, std::min(f.group, d)}; }
 
 // xorshift64; normal-ish values: the sum of four 16-bit uniforms of one draw, centred, unit
 // variance.
@@ -233,7 +245,7 @@ std::string prepare_pool(int fi, int li, int ctx, int batch) {
   if (!(g_pool.format == fi && g_pool.layout == li && g_pool.ctx == ctx)) {
     g_pool = Pool();  // frees the previous configuration first
   }
-  if (!f.dense && ctx % kKiviGroup != 0) return "context not a multiple of the KIVI group (128)";
+  if (!f.dense && ctx % kKiviGroup != 0) return "context not a multiple of 128";
   const int64_t est = estimate_store_bytes(f, l, ctx);
   const int n_stores = int(std::max<int64_t>(batch, (kColdBytes + est - 1) / est));
   const int have = int(g_pool.stores.size());

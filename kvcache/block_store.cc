@@ -22,7 +22,17 @@ BlockStore::BlockStore(MemoryLedger* ledger, int n_kv_heads, int head_dim, int b
   for (const IntFormat& f : {k, v}) {
     KVLAB_CHECK(f.format == KvFormat::kIntToken || f.format == KvFormat::kIntChannel);
     KVLAB_CHECK(f.format == KvFormat::kIntChannel || head_dim % f.group == 0);
+    // Token groups of a page start on a byte (kv_format.h) and fill it exactly.
+    KVLAB_CHECK(f.format == KvFormat::kIntToken ||
+                (f.group > 0 && block_tokens % f.group == 0 &&
+                 (f.group == block_tokens || (int64_t(f.group) * f.bits) % 8 == 0)));
   }
+  KVLAB_CHECK(kf_.format == KvFormat::kIntToken || vf_.format == KvFormat::kIntToken || kf_.group == vf_.group);
+}
+
+int BlockStore::chunk_tokens() const {
+  if (kf_.format == KvFormat::kIntChannel) return kf_.group;
+  return vf_.format == KvFormat::kIntChannel ? vf_.group : 1;
 }
 
 int64_t BlockStore::code_bytes(const IntFormat& f) const {
@@ -31,12 +41,11 @@ int64_t BlockStore::code_bytes(const IntFormat& f) const {
 }
 
 int64_t BlockStore::meta_entries(const IntFormat& f) const {
-  return f.format == KvFormat::kIntChannel ? head_dim_ : int64_t(block_tokens_) * (head_dim_ / f.group);
+  return f.format == KvFormat::kIntChannel ? int64_t(block_tokens_ / f.group) * head_dim_
+                                           : int64_t(block_tokens_) * (head_dim_ / f.group);
 }
 
-bool BlockStore::token_granular() const {
-  return kf_.format == KvFormat::kIntToken && vf_.format == KvFormat::kIntToken;
-}
+bool BlockStore::token_granular() const { return chunk_tokens() == 1; }
 
 // Layout inside a block's pages, kv head by kv head: codes page [head][K codes | V codes], meta
 // page [head][K scale | K zero | V scale | V zero] (f16 entries).
@@ -74,10 +83,13 @@ void BlockStore::block(int b, int kv_head, KvBlock* k, KvBlock* v, int* first_to
 }
 
 void BlockStore::append(const float* k, const float* v, int n, int64_t ld) {
-  KVLAB_CHECK(token_granular() || n == block_tokens_);
+  const int chunk = chunk_tokens();
+  KVLAB_CHECK(n % chunk == 0);
   int done = 0;
   while (done < n) {
-    if (counts_.empty() || counts_.back() == block_tokens_ || !token_granular()) {
+    // A block cut inside a token group by truncate() is not written to again: that group's
+    // scales describe its old tokens.
+    if (counts_.empty() || counts_.back() == block_tokens_ || counts_.back() % chunk != 0) {
       codes_.add_page();
       meta_.add_page();
       firsts_.push_back(size_ + done);
@@ -86,7 +98,7 @@ void BlockStore::append(const float* k, const float* v, int n, int64_t ld) {
     const int b = n_blocks() - 1;
     uint8_t* codes = codes_.page(size_t(b));
     auto* meta = reinterpret_cast<uint16_t*>(meta_.page(size_t(b)));
-    const int take = token_granular() ? std::min(n - done, block_tokens_ - counts_[b]) : n;
+    const int take = std::min(n - done, block_tokens_ - counts_[b]);  // whole chunks: both are multiples
     for (int side = 0; side < 2; ++side) {
       const IntFormat& f = side == 0 ? kf_ : vf_;
       const float* x = (side == 0 ? k : v) + int64_t(done) * ld;
@@ -95,8 +107,13 @@ void BlockStore::append(const float* k, const float* v, int n, int64_t ld) {
         uint16_t* hs = meta + meta_offset(side, 0, h);
         uint16_t* hz = meta + meta_offset(side, 1, h);
         if (f.format == KvFormat::kIntChannel) {
-          quantize_channels(f.bits, x + int64_t(h) * head_dim_, take, ld, head_dim_, hc,
-                            packed_bytes(block_tokens_, f.bits), hs, hz);
+          for (int t = 0; t < take; t += f.group) {
+            const int slot = counts_[b] + t;  // a multiple of the group: its codes start on a byte
+            const int64_t meta = int64_t(slot / f.group) * head_dim_;
+            quantize_channels(f.bits, x + int64_t(t) * ld + int64_t(h) * head_dim_, f.group, ld, head_dim_,
+                              hc + packed_bytes(slot, f.bits), packed_bytes(block_tokens_, f.bits), hs + meta,
+                              hz + meta);
+          }
           continue;
         }
         const int groups = head_dim_ / f.group;
@@ -154,6 +171,7 @@ void BlockStore::read(int i, float* k, float* v) const {
 // Saved pages keep one canonical order, independent of the layout in memory: codes K of every
 // head then V of every head; meta K scales, K zeros, V scales, V zeros (each of every head).
 void BlockStore::save(BinaryWriter& out) const {
+  out.put<int32_t>(block_tokens_);
   out.put<int32_t>(size_);
   out.put<int32_t>(n_blocks());
   for (int b = 0; b < n_blocks(); ++b) {
@@ -175,7 +193,12 @@ void BlockStore::save(BinaryWriter& out) const {
 
 Status BlockStore::load(BinaryReader& in) {
   clear();
-  int32_t n = 0, blocks = 0;
+  int32_t page = 0, n = 0, blocks = 0;
+  KVLAB_RETURN_IF_ERROR(in.get(&page));
+  if (page != block_tokens_) {
+    return data_loss(in.what() + ": blocks of " + std::to_string(page) + " tokens, this cache's are of " +
+                     std::to_string(block_tokens_));
+  }
   KVLAB_RETURN_IF_ERROR(in.get(&n));
   KVLAB_RETURN_IF_ERROR(in.get(&blocks));
   if (n < 0 || blocks < 0 || int64_t(blocks) * block_tokens_ < n || blocks > n) {

@@ -6,8 +6,9 @@
 //   [head][K codes | V codes]
 //   codes of one side: kIntChannel [head_dim][packed_bytes(block_tokens, bits)] |
 //                      kIntToken [block_tokens][packed_bytes(head_dim, bits)]
-// Meta page (f16), the same way: [head][K scale | K zero | V scale | V zero], [head_dim] entries
-// each for kIntChannel, [block_tokens][head_dim / group] for kIntToken.
+// Meta page (f16), the same way: [head][K scale | K zero | V scale | V zero], [block_tokens / group]
+// [head_dim] entries each for kIntChannel (a block holds one or more token groups, kv_format.h),
+// [block_tokens][head_dim / group] for kIntToken.
 // A decode step reads a block page front to back (the attention engine takes the kv heads of a
 // block one after the other), and the fused kernels read ahead the bytes that follow the block
 // they work on (kernels/cpu/kv_attention.h): the next kv head's keys while a head's values are
@@ -29,7 +30,8 @@ namespace kvlab {
 struct IntFormat {
   KvFormat format = KvFormat::kIntToken;  // kIntToken or kIntChannel
   int bits = 4;                           // 2, 3, 4, 8
-  int group = 32;                         // kIntToken: channels per group (divides head_dim)
+  int group = 32;  // kIntToken: channels per group (divides head_dim); kIntChannel: tokens per
+                   // group (divides block_tokens; group * bits a multiple of 8 when smaller)
 };
 
 class BlockStore {
@@ -41,9 +43,11 @@ class BlockStore {
   int block_tokens() const { return block_tokens_; }
   // Whether tokens can be appended one at a time (no per-channel format).
   bool token_granular() const;
+  // Tokens appended at a time: the kIntChannel token group, or 1.
+  int chunk_tokens() const;
   // Appends n tokens. k, v: [n, n_kv_heads * head_dim] f32, rows `ld` floats apart.
-  // Token-granular stores fill the last block first; otherwise n == block_tokens and the tokens
-  // make a new block (after a truncate the previous block may stay partly used).
+  // The last block is filled first, chunk_tokens() at a time: n is a multiple of it (after a
+  // truncate inside a token group, the next tokens start a new block).
   void append(const float* k, const float* v, int n, int64_t ld);
   // Keeps the first n tokens (a block may end up partly used; its codes stay valid).
   void truncate(int n);

@@ -12,7 +12,7 @@ namespace kvlab {
 namespace {
 
 constexpr char kMagic[8] = {'K', 'V', 'L', 'A', 'B', 'K', 'V', 'C'};
-constexpr uint32_t kFileVersion = 1;
+constexpr uint32_t kFileVersion = 2;  // 2: block stores record their block size (KIVI pages of several groups)
 
 void put_geometry(BinaryWriter& w, const KvGeometry& g, const RopeTable& rope) {
   for (int v : {g.n_layers, g.n_heads, g.n_kv_heads, g.head_dim, g.max_seq_len}) w.put<int32_t>(v);

@@ -71,7 +71,7 @@ uint32_t read_code(const uint8_t* p, int64_t i, int bits) {
 struct Format {
   KvFormat format;
   int bits = 0;
-  int group = 0;  // kIntToken: 0 means d
+  int group = 0;  // kIntToken: channels per group, 0 means d; kIntChannel: tokens per group, 0 means n
 };
 
 std::string format_name(const Format& f) {
@@ -97,13 +97,20 @@ Packed pack(const Format& f, const float* x, int n, int d, int pad = 3) {
   b.n = n;
   b.d = d;
   b.bits = f.bits;
-  b.group = f.format == KvFormat::kIntToken ? (f.group ? f.group : d) : 0;
+  b.group = f.format == KvFormat::kIntToken ? (f.group ? f.group : d) : f.group;
   if (f.format == KvFormat::kIntChannel) {
+    // One quantize_channels per token group: its codes from the group's first byte, its scales
+    // and zeros in row t.
+    const int g = channel_group_tokens(b), groups = channel_groups(b);
     b.stride = packed_bytes(n, f.bits) + pad;
     p.data.assign(size_t(b.stride * d), 0xa5);
-    p.scale.resize(d);
-    p.zero.resize(d);
-    quantize_channels(f.bits, x, n, d, d, p.data.data(), b.stride, p.scale.data(), p.zero.data());
+    p.scale.resize(size_t(groups) * d);
+    p.zero.resize(size_t(groups) * d);
+    for (int t = 0; t < groups; ++t) {
+      quantize_channels(f.bits, x + int64_t(t) * g * d, std::min(g, n - t * g), d, d,
+                        p.data.data() + packed_bytes(int64_t(t) * g, f.bits), b.stride, p.scale.data() + t * d,
+                        p.zero.data() + t * d);
+    }
   } else {
     const int per_token = f.format == KvFormat::kIntToken ? d / b.group : (f.format == KvFormat::kFp8 ? 1 : 0);
     b.stride = (f.format == KvFormat::kIntToken ? packed_bytes(d, f.bits) : element_bytes(f.format) * d) + pad;
@@ -147,9 +154,10 @@ Terms element(const KvBlock& b, int j, int c) {
       return {read_code(b.data + j * b.stride, c, b.bits) * double(f16_to_f32(b.scale[g])),
               f16_to_f32(b.zero[g])};
     }
-    case KvFormat::kIntChannel:
-      return {read_code(b.data + c * b.stride, j, b.bits) * double(f16_to_f32(b.scale[c])),
-              f16_to_f32(b.zero[c])};
+    case KvFormat::kIntChannel: {
+      const int e = j / channel_group_tokens(b) * b.d + c;
+      return {read_code(b.data + c * b.stride, j, b.bits) * double(f16_to_f32(b.scale[e])), f16_to_f32(b.zero[e])};
+    }
   }
   return {0, 0};
 }
@@ -183,10 +191,12 @@ double score_bound(Isa isa, const KvBlock& k, const float* q, int j) {
   }
   double bound = f32_budget(k.d, terms);
   if (kv_scores_quantize_query(isa, k) && k.format == KvFormat::kIntChannel) {
+    // The query is quantized against the scales of token j's group.
     const double m = ((1 << k.bits) - 1) / 2.0;
+    const uint16_t* scale = k.scale + j / channel_group_tokens(k) * k.d;
     double qmax = 0, qsum = 0, centred = 0;
     for (int c = 0; c < k.d; ++c) {
-      const double qp = std::fabs(double(q[c]) * f16_to_f32(k.scale[c]));
+      const double qp = std::fabs(double(q[c]) * f16_to_f32(scale[c]));
       qmax = std::max(qmax, qp);
       qsum += qp;
       centred += std::fabs(double(read_code(k.data + c * k.stride, j, k.bits)) - m);
@@ -249,8 +259,11 @@ std::vector<Format> all_formats() {
   return f;
 }
 
-// Groups dividing d for kIntToken (0 = d), a few per head size.
-std::vector<int> groups_for(int d) {
+// Groups dividing d for kIntToken (0 = d), a few per head size; token groups for kIntChannel
+// (0 = the whole block; 8 and 32: several groups in the longer blocks).
+std::vector<int> groups_for(const Format& f, int d) {
+  if (f.format == KvFormat::kIntChannel) return {0, 8, 32};
+  if (f.format != KvFormat::kIntToken) return {0};
   std::vector<int> g = {0};
   for (int cand : {8, 32}) {
     if (cand < d && d % cand == 0) g.push_back(cand);
@@ -303,7 +316,7 @@ TEST_P(KvKernelTest, ScoresMatchReference) {
   Rng rng(11);
   double worst = 0;  // largest error / budget seen (how tight the budget is)
   for (int d : {8, 17, 64, 128}) {
-    for (int group : cs.format.format == KvFormat::kIntToken ? groups_for(d) : std::vector<int>{0}) {
+    for (int group : groups_for(cs.format, d)) {
       Format f = cs.format;
       f.group = group;
       for (int n : {1, 17, 97, 128, 300}) {
@@ -337,7 +350,7 @@ TEST_P(KvKernelTest, AccumulateMatchesReference) {
   Rng rng(12);
   double worst = 0;
   for (int d : {8, 17, 64, 128}) {
-    for (int group : cs.format.format == KvFormat::kIntToken ? groups_for(d) : std::vector<int>{0}) {
+    for (int group : groups_for(cs.format, d)) {
       Format f = cs.format;
       f.group = group;
       for (int n : {1, 17, 97, 128, 300}) {
@@ -374,7 +387,7 @@ TEST_P(KvKernelTest, BatchInvariant) {
   Rng rng(13);
   for (int d : {17, 128}) {
     Format f = cs.format;
-    if (f.format == KvFormat::kIntToken && d == 128) f.group = 32;
+    if (d == 128 && (f.format == KvFormat::kIntToken || f.format == KvFormat::kIntChannel)) f.group = 32;
     for (int n : {17, 128}) {
       const std::vector<float> x = kv_like(rng, n, d);
       const Packed p = pack(f, x.data(), n, d);
@@ -398,7 +411,48 @@ TEST_P(KvKernelTest, BatchInvariant) {
   }
 }
 
+// A kIntChannel block of several token groups gives, bit for bit, what each group gives as a
+// block of its own (channel_sub_block): whether the kernel splits it or takes the groups in one
+// pass (AVX2 integer scores), every output keeps its one sequence of operations.
 INSTANTIATE_TEST_SUITE_P(AllIsasAndFormats, KvKernelTest, ::testing::ValuesIn(all_cases()), case_name);
+
+TEST(KvKernels, ChannelGroupsAreBlocksOfTheirOwn) {
+  Rng rng(14);
+  for (const Case& cs : all_cases()) {
+    if (cs.format.format != KvFormat::kIntChannel) continue;
+    for (int d : {64, 128}) {
+      for (int group : {8, 32}) {
+        for (int n : {128, 100}) {
+          Format f = cs.format;
+          f.group = group;
+          const std::vector<float> x = kv_like(rng, n, d);
+          const Packed p = pack(f, x.data(), n, d);
+          ASSERT_EQ(channel_groups(p.block), (n + group - 1) / group);
+          const int rows = 6;
+          const std::vector<float> q = random_matrix(rng, rows, d);
+          std::vector<float> pr(size_t(rows) * n);
+          for (float& v : pr) v = 0.5f + 0.5f * rng.uniform();
+          std::vector<float> s(size_t(rows) * n), acc = random_matrix(rng, rows, d), acc_parts = acc;
+          kv_scores_isa(cs.isa, p.block, q.data(), rows, s.data());
+          kv_accumulate_isa(cs.isa, p.block, pr.data(), rows, acc.data());
+          for (int t = 0; t < channel_groups(p.block); ++t) {
+            const KvBlock sub = channel_sub_block(p.block, t);
+            std::vector<float> s_sub(size_t(rows) * sub.n), p_sub(size_t(rows) * sub.n);
+            kv_scores_isa(cs.isa, sub, q.data(), rows, s_sub.data());
+            for (int r = 0; r < rows; ++r) {
+              ASSERT_EQ(0, std::memcmp(s_sub.data() + r * sub.n, s.data() + r * n + t * group, sizeof(float) * sub.n))
+                  << isa_name(cs.isa) << " " << format_name(f) << " d=" << d << " n=" << n << " group " << t << " row " << r;
+              std::copy_n(pr.data() + r * n + t * group, sub.n, p_sub.data() + r * sub.n);
+            }
+            kv_accumulate_isa(cs.isa, sub, p_sub.data(), rows, acc_parts.data());
+          }
+          ASSERT_EQ(0, std::memcmp(acc.data(), acc_parts.data(), sizeof(float) * acc.size()))
+              << isa_name(cs.isa) << " " << format_name(f) << " d=" << d << " n=" << n;
+        }
+      }
+    }
+  }
+}
 
 // The reference reader agrees with the library's dequantize_block (which rounds code * scale +
 // zero to f32 once: within 2^-24 of (|code * scale| + |zero|), plus the f32 rounding of the sum).
@@ -408,6 +462,7 @@ TEST(KvReference, ReaderMatchesDequantizeBlock) {
     for (int d : {17, 64}) {
       Format f = f0;
       if (f.format == KvFormat::kIntToken && d == 64) f.group = 32;
+      if (f.format == KvFormat::kIntChannel && d == 64) f.group = 8;  // 5 token groups
       const int n = 37;
       const std::vector<float> x = kv_like(rng, n, d);
       const Packed p = pack(f, x.data(), n, d);

@@ -701,6 +701,7 @@ TEST(DenseFormatTest, BlockBytes) {
   EXPECT_EQ(kv_block_bytes(KvFormat::kFp8, 3, 64), 3 * (64 + 2));
   EXPECT_EQ(kv_block_bytes(KvFormat::kIntToken, 5, 64, 3, 32), 5 * (24 + 2 * 2 * 2));
   EXPECT_EQ(kv_block_bytes(KvFormat::kIntChannel, 17, 64, 3, 0), 64 * (7 + 4));
+  EXPECT_EQ(kv_block_bytes(KvFormat::kIntChannel, 17, 64, 3, 8), 64 * (7 + 3 * 4));  // 3 token groups
 }
 
 }  // namespace

@@ -1,10 +1,13 @@
 // Behaviour of the individual policies beyond the generic conformance suite: KIVI with a residual
 // longer than the context is the f16 cache; the streaming window keeps its bytes constant over a
-// long decode; the quantized tiers hold exactly the bytes their layouts say.
+// long decode; the quantized tiers hold exactly the bytes their layouts say; block stores with
+// several key groups per block.
 #include <gtest/gtest.h>
 
 #include <random>
 
+#include "base/serialize.h"
+#include "kvcache/block_store.h"
 #include "kvcache/kv_cache.h"
 #include "tests/testing/models.h"
 
@@ -94,19 +97,86 @@ TEST(KiviTest, TiersHoldTheBytesOfTheirLayout) {
   auto cache = KvCache::create(s.geo, &s.rope, "kivi:bits=2,group=32,residual=32", 1);
   ASSERT_TRUE(cache.ok());
   s.step(**cache, 1000);
-  for (int t = 0; t < 77; ++t) s.step(**cache, 1);
-  const int n = 1077;
-  const int compressed = (n - 32) / 32 * 32;  // whole groups beyond the residual
-  const int64_t blocks = compressed / 32;
+  for (int t = 0; t < 45; ++t) s.step(**cache, 1);
+  const int n = 1045;
+  const int compressed = (n - 32) / 32 * 32;  // whole groups beyond the residual: 31
+  ASSERT_EQ(compressed, 992);
+  // Pages of 128 tokens (4 key groups); the last holds 3 groups and is booked whole. Per kv head
+  // and page: K codes 32 channels x 32 bytes + V codes 128 tokens x 8 bytes; K scale and zero
+  // 4 groups x 32 channels, V scale and zero 128 tokens x 1 group, f16.
+  const int64_t pages = 8;
   const MemoryReport m = (*cache)->memory();
-  EXPECT_EQ(m[MemoryKind::kPayload], 2 /*layers*/ * 2 /*heads*/ * blocks * 512);
-  EXPECT_EQ(m[MemoryKind::kMeta], 2 * 2 * blocks * 256);
+  EXPECT_EQ(m[MemoryKind::kPayload], 2 /*layers*/ * 2 /*heads*/ * pages * (32 * 32 + 128 * 8));
+  EXPECT_EQ(m[MemoryKind::kMeta], 2 * 2 * pages * 2 * 2 * (4 * 32 + 128));
   const int exact = n - compressed;
   EXPECT_GE(exact, 32);
   EXPECT_LE(exact, 63);
   EXPECT_EQ((*cache)->stored_tokens(0, 0), n);
   // The residual ring has 64 slots (two pages of 32), K and V, 2 heads, f16.
   EXPECT_EQ(m[MemoryKind::kExact], 2 * 2 * 2 * 32 * 2 * 2 * 32);
+}
+
+// A block store whose blocks hold several KIVI key groups reads back, token for token, what a
+// store of one group per block reads (the groups are quantized alike); a truncate inside a group
+// sends the next tokens to a new block; a saved store refuses to load into other block sizes.
+TEST(BlockStoreTest, PagesOfSeveralKeyGroups) {
+  const int heads = 2, d = 32, kv_dim = heads * d;
+  const IntFormat kf{KvFormat::kIntChannel, 4, 32}, vf{KvFormat::kIntToken, 4, 32};
+  MemoryLedger ledger;
+  BlockStore paged(&ledger, heads, d, 128, kf, vf), single(&ledger, heads, d, 32, kf, vf);
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd;
+  std::vector<float> k(size_t(96) * kv_dim), v(k.size());
+  auto append = [&](int n) {
+    for (float& x : k) x = nd(rng);
+    for (float& x : v) x = nd(rng);
+    paged.append(k.data(), v.data(), n, kv_dim);
+    single.append(k.data(), v.data(), n, kv_dim);
+  };
+  auto expect_same = [&](int from, int to) {
+    std::vector<float> ka(kv_dim), va(kv_dim), kb(kv_dim), vb(kv_dim);
+    for (int i = from; i < to; ++i) {
+      paged.read(i, ka.data(), va.data());
+      single.read(i, kb.data(), vb.data());
+      ASSERT_EQ(ka, kb) << "keys of token " << i;
+      ASSERT_EQ(va, vb) << "values of token " << i;
+    }
+  };
+  append(96);
+  append(32);
+  EXPECT_EQ(paged.n_blocks(), 1);
+  append(32);
+  EXPECT_EQ(paged.n_blocks(), 2);
+  EXPECT_EQ(paged.size(), 160);
+  expect_same(0, 160);
+  paged.truncate(100);
+  single.truncate(100);
+  append(64);
+  EXPECT_EQ(paged.n_blocks(), 2);  // 100 tokens, then a new block of 64
+  KvBlock kb, vb;
+  int first = 0;
+  paged.block(1, 0, &kb, &vb, &first);
+  EXPECT_EQ(first, 100);
+  EXPECT_EQ(kb.n, 64);
+  expect_same(0, 164);
+
+  BinaryWriter w;
+  paged.save(w);
+  BlockStore other(&ledger, heads, d, 32, kf, vf);
+  BinaryReader r(w.bytes().data(), w.bytes().size(), "store");
+  const Status st = other.load(r);
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("blocks of 128 tokens, this cache's are of 32"), std::string::npos) << st.message();
+  BlockStore back(&ledger, heads, d, 128, kf, vf);
+  BinaryReader r2(w.bytes().data(), w.bytes().size(), "store");
+  ASSERT_TRUE(back.load(r2).ok());
+  std::vector<float> ka(kv_dim), va(kv_dim), kc(kv_dim), vc(kv_dim);
+  for (int i = 0; i < 164; ++i) {
+    back.read(i, ka.data(), va.data());
+    paged.read(i, kc.data(), vc.data());
+    ASSERT_EQ(ka, kc) << i;
+    ASSERT_EQ(va, vc) << i;
+  }
 }
 
 TEST(PolicyParamsTest, ImpossibleGroupsAreClearErrors) {

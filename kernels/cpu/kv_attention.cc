@@ -18,14 +18,59 @@
 // rows sharing its kv head.
 #include "kernels/cpu/kv_attention.h"
 
+#include <algorithm>
+
 #include "base/check.h"
 #include "kernels/cpu/kv_kernels_internal.h"
 #include "kernels/cpu/simd.h"
 
 namespace kvlab {
 
+namespace {
+
+// kIntChannel blocks of several token groups (kv_format.h) go to the kernels one group at a
+// time, through a stack buffer of kSplitRows rows of one group, except on the paths that take
+// the groups in one pass themselves (avx2_int_scores_take): the same operations per output.
+constexpr int kSplitRows = 4;
+constexpr int kMaxSplitGroup = 512;  // tokens per group split this way (16 KiB of stack at most)
+
+bool split_groups(Isa isa, const KvBlock& b, bool scores) {
+  if (b.format != KvFormat::kIntChannel || channel_groups(b) <= 1) return false;
+  KVLAB_CHECK(b.group <= kMaxSplitGroup && (int64_t(b.group) * b.bits) % 8 == 0);
+  return !(scores && isa == Isa::kAvx2 && avx2_int_scores_take(b));
+}
+
+void scores_by_group(Isa isa, const KvBlock& k, const float* q, int rows, float* s) {
+  alignas(64) float buf[kSplitRows * kMaxSplitGroup];
+  for (int t = 0; t < channel_groups(k); ++t) {
+    const KvBlock sub = channel_sub_block(k, t);
+    const int j0 = t * channel_group_tokens(k);
+    for (int r0 = 0; r0 < rows; r0 += kSplitRows) {
+      const int rc = std::min(kSplitRows, rows - r0);
+      kv_scores_isa(isa, sub, q + int64_t(r0) * k.d, rc, buf);
+      for (int r = 0; r < rc; ++r) std::copy_n(buf + r * sub.n, sub.n, s + int64_t(r0 + r) * k.n + j0);
+    }
+  }
+}
+
+void accumulate_by_group(Isa isa, const KvBlock& v, const float* p, int rows, float* acc) {
+  alignas(64) float buf[kSplitRows * kMaxSplitGroup];
+  for (int t = 0; t < channel_groups(v); ++t) {
+    const KvBlock sub = channel_sub_block(v, t);
+    const int j0 = t * channel_group_tokens(v);
+    for (int r0 = 0; r0 < rows; r0 += kSplitRows) {
+      const int rc = std::min(kSplitRows, rows - r0);
+      for (int r = 0; r < rc; ++r) std::copy_n(p + int64_t(r0 + r) * v.n + j0, sub.n, buf + r * sub.n);
+      kv_accumulate_isa(isa, sub, buf, rc, acc + int64_t(r0) * v.d);
+    }
+  }
+}
+
+}  // namespace
+
 void kv_scores_isa(Isa isa, const KvBlock& k, const float* q, int rows, float* s) {
   KVLAB_CHECK(int(isa) <= int(detected_isa()));
+  if (split_groups(isa, k, true)) return scores_by_group(isa, k, q, rows, s);
 #ifdef KVLAB_X86
   if (k.d <= kMaxSimdD) {
     if (isa == Isa::kAvx512) return avx512::scores(k, q, rows, s);
@@ -37,6 +82,7 @@ void kv_scores_isa(Isa isa, const KvBlock& k, const float* q, int rows, float* s
 
 void kv_accumulate_isa(Isa isa, const KvBlock& v, const float* p, int rows, float* acc) {
   KVLAB_CHECK(int(isa) <= int(detected_isa()));
+  if (split_groups(isa, v, false)) return accumulate_by_group(isa, v, p, rows, acc);
 #ifdef KVLAB_X86
   if (v.d <= kMaxSimdD) {
     if (isa == Isa::kAvx512) return avx512::accumulate(v, p, rows, acc);
@@ -48,6 +94,7 @@ void kv_accumulate_isa(Isa isa, const KvBlock& v, const float* p, int rows, floa
 
 bool kv_scores_quantize_query(Isa isa, const KvBlock& k) {
   if (k.d > kMaxSimdD) return false;
+  if (split_groups(isa, k, true)) return kv_scores_quantize_query(isa, channel_sub_block(k, 0));
   if (isa == Isa::kAvx512) return vnni_scores_take(k);
   if (isa == Isa::kAvx2) return avx2_int_scores_take(k);
   return false;
@@ -55,9 +102,18 @@ bool kv_scores_quantize_query(Isa isa, const KvBlock& k) {
 
 bool kv_accumulate_quantize_probs(Isa isa, const KvBlock& v) {
   if (v.d > kMaxSimdD) return false;
+  if (split_groups(isa, v, false)) return kv_accumulate_quantize_probs(isa, channel_sub_block(v, 0));
   if (isa == Isa::kAvx512) return vnni_accumulate_take(v);
   if (isa == Isa::kAvx2) return avx2_int_accumulate_take(v);
   return false;
+}
+
+void kv_prefetch_start(const KvBlock& b, int64_t bytes) {
+  const int64_t data_bytes = b.format == KvFormat::kIntChannel ? int64_t(b.d) * b.stride : int64_t(b.n) * b.stride;
+  const int64_t end = std::min(bytes, data_bytes);
+  for (int64_t o = 0; o < end; o += 64) __builtin_prefetch(b.data + o, 0, 2);
+  if (b.scale) __builtin_prefetch(b.scale, 0, 2);
+  if (b.zero) __builtin_prefetch(b.zero, 0, 2);
 }
 
 void kv_scores(const KvBlock& k, const float* q, int rows, float* s) {

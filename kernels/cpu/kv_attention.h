@@ -15,8 +15,9 @@
 //   kF32 / kF16 / kBF16 / kFp8   converted in registers (vcvtph2ps, a shift, e4m3 via the f16
 //                                bits); fp8's token scale multiplies the finished dot (scores)
 //                                or p (values).
-//   kIntChannel keys             the channel scale is folded into the query once per block,
-//                                the zero term added once per row (KIVI keys).
+//   kIntChannel keys             the channel scale is folded into the query once per token
+//                                group, the zero term added once per row and group (KIVI keys;
+//                                a block of several groups gives what each group gives alone).
 //   kIntToken values             the token scale is folded into p, the zero term summed per
 //                                (row, group) once (KIVI values).
 //   kIntToken keys, kIntChannel values   dequantized in registers / on a small stack tile.
@@ -59,6 +60,11 @@ namespace kvlab {
 
 void kv_scores(const KvBlock& k, const float* q, int rows, float* s);
 void kv_accumulate(const KvBlock& v, const float* p, int rows, float* acc);
+
+// Asks for the first bytes of a block (its first `bytes` of data, its first scales and zeros), so
+// that a block which does not follow the previous one in memory (another page) does not start
+// cold. The engine calls it one block ahead; the kernels read ahead the rest (kv_attention.cc).
+void kv_prefetch_start(const KvBlock& b, int64_t bytes);
 
 // The same on an explicit ISA (tests, benchmarks). REQUIRES: the CPU supports `isa`.
 void kv_scores_isa(Isa isa, const KvBlock& k, const float* q, int rows, float* s);

@@ -15,11 +15,14 @@
 //                       bit stream at data + j * stride; scale and zero of group g of token j are
 //                       f16 at scale[j * (d / group) + g], zero[...]:
 //                         value(j, c) = code(j, c) * scale + zero.
-//   kIntChannel         asymmetric uniform integers, one group per channel over the block's
-//                       tokens (per-channel quantization; KIVI's keys: the block is one token
-//                       group). Channel c's codes are the bit stream at data + c * stride, code j
-//                       for token j; f16 scale[c], zero[c]:
-//                         value(j, c) = code(j, c) * scale[c] + zero[c].
+//   kIntChannel         asymmetric uniform integers per channel over groups of `group` tokens
+//                       (per-channel quantization; KIVI's keys). Channel c's codes are the bit
+//                       stream at data + c * stride, code j for token j; token group t = j / group
+//                       has its own f16 scale and zero per channel, at scale[t * d + c]:
+//                         value(j, c) = code(j, c) * scale[t * d + c] + zero[t * d + c].
+//                       group 0 (or >= n) makes the whole block one group; otherwise group * bits
+//                       is a multiple of 8, so that each token group starts on a byte and is a
+//                       block of its own (channel_sub_block): pages of several KIVI groups.
 //
 // Bit streams: code i occupies bits [i * bits, (i + 1) * bits) of the little-endian byte string,
 // lowest bits first (for 4 bits: low nibble = even code). bits is 2, 3, 4 or 8. Zero is the
@@ -41,7 +44,7 @@ struct KvBlock {
   int n = 0;      // tokens
   int d = 0;      // head size (channels)
   int bits = 0;   // kIntToken / kIntChannel: 2, 3, 4 or 8
-  int group = 0;  // kIntToken: channels per group (divides d)
+  int group = 0;  // kIntToken: channels per group (divides d); kIntChannel: tokens per group
   const uint8_t* data = nullptr;
   int64_t stride = 0;               // bytes between tokens (token-major) or channels (kIntChannel)
   const uint16_t* scale = nullptr;  // f16; kFp8, kIntToken, kIntChannel
@@ -60,6 +63,24 @@ inline uint32_t code_at(const uint8_t* stream, int64_t i, int bits) {
   uint32_t v = uint32_t(stream[byte]) >> shift;
   if (shift + bits > 8) v |= uint32_t(stream[byte + 1]) << (8 - shift);
   return v & ((1u << bits) - 1);
+}
+
+// kIntChannel: tokens per group (group 0 or >= n: the whole block), groups in the block, and
+// group t as a block of its own (its codes, scales and zeros; the same stride).
+inline int channel_group_tokens(const KvBlock& b) { return b.group > 0 && b.group < b.n ? b.group : b.n; }
+inline int channel_groups(const KvBlock& b) {
+  const int g = channel_group_tokens(b);
+  return g > 0 ? (b.n + g - 1) / g : 0;
+}
+inline KvBlock channel_sub_block(const KvBlock& b, int t) {
+  const int g = channel_group_tokens(b);
+  KvBlock s = b;
+  s.n = (t + 1) * g <= b.n ? g : b.n - t * g;
+  s.group = 0;
+  s.data = b.data + packed_bytes(int64_t(t) * g, b.bits);  // t * g * bits is a multiple of 8
+  s.scale = b.scale + int64_t(t) * b.d;
+  s.zero = b.zero + int64_t(t) * b.d;
+  return s;
 }
 
 // Bytes of one element of the token-major dense formats.

@@ -375,22 +375,27 @@ KVLAB_TARGET_AVX2 void quantize_operand(const float* x, int64_t x_row, const uin
 // ---- kIntChannel scores -----------------------------------------------------------------------
 
 // Scores of R rows over one block: tiles of 32 tokens; per tile the channel pairs stream past,
-// each expanded once for all R rows.
+// each expanded once for all R rows. The query is quantized again at the start of each token
+// group (kv_format.h; a group is a whole number of tiles: avx2_int_scores_take), against that
+// group's scales: each group's scores are those of the group alone.
 template <int R, int BITS>
 KVLAB_TARGET_AVX2 void channel_scores_rows(const KvBlock& k, const float* q, float* s) {
   constexpr int kBytes = tile_bytes(BITS);
   constexpr int kSteps = steps_in_sums(BITS, true);
   constexpr int kOutVectors = tile_codes(BITS) / 8;
-  const int n = k.n, d = k.d, pairs = (d + 1) / 2;
+  const int n = k.n, d = k.d, pairs = (d + 1) / 2, group = channel_group_tokens(k);
   const ReadAhead ah = read_ahead(k.data, int64_t(d) * k.stride);
-  read_ahead_meta(k.scale, k.zero, 2 * int64_t(d));
+  read_ahead_meta(k.scale, k.zero, 2 * int64_t(d) * channel_groups(k));
   QuantOperand qq[R];
-  quantize_operand<R, BITS, true>(q, d, k.scale, k.zero, d, 0, qq);
   const uint32_t* qd[R];
   KVLAB_UNROLL
   for (int r = 0; r < R; ++r) qd[r] = qq[r].op;
   const int64_t sb = packed_bytes(n, BITS);
   for (int t0 = 0; t0 < n; t0 += tile_codes(BITS)) {
+    if (t0 % group == 0) {
+      const int64_t meta = int64_t(t0 / group) * d;
+      quantize_operand<R, BITS, true>(q, d, k.scale + meta, k.zero + meta, d, 0, qq);
+    }
     const int64_t off = int64_t(t0) * BITS / 8;
     const int have = int(std::min<int64_t>(kBytes, sb - off));  // < kBytes: the block's last, partial tile
     __m256i acc[R][2][2];
@@ -531,6 +536,7 @@ void for_row_chunks(const KvBlock& b, const float* x, int64_t x_row, int rows, f
 
 bool avx2_int_scores_take(const KvBlock& k) {
   if (k.format != KvFormat::kIntChannel || k.d < 1 || k.d > kMaxSimdD) return false;
+  if (channel_group_tokens(k) % tile_codes(k.bits) != 0 && channel_groups(k) > 1) return false;
   // 8 bits: 32-bit sums of up to 128 channel pairs of 2 * 32767 * 255 stay below 2^31.
   return (k.bits >= 2 && k.bits <= 4) || (k.bits == 8 && k.d <= 256);
 }

@@ -290,14 +290,18 @@ void dequantize_block(const KvBlock& b, float* out) {
       }
       return;
     }
-    case KvFormat::kIntChannel:
+    case KvFormat::kIntChannel: {
       check_bits(b.bits);
+      const int g = channel_group_tokens(b);
       for (int c = 0; c < d; ++c) {
         const uint8_t* stream = b.data + c * b.stride;
-        const float s = f16_to_f32(b.scale[c]), z = f16_to_f32(b.zero[c]);
-        for (int j = 0; j < n; ++j) out[int64_t(j) * d + c] = float(code_at(stream, j, b.bits)) * s + z;
+        for (int j = 0; j < n; ++j) {
+          const int64_t e = int64_t(j / g) * d + c;
+          out[int64_t(j) * d + c] = float(code_at(stream, j, b.bits)) * f16_to_f32(b.scale[e]) + f16_to_f32(b.zero[e]);
+        }
       }
       return;
+    }
   }
   KVLAB_CHECK(false && "dequantize_block: unknown format");
 }

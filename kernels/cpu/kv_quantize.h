@@ -83,7 +83,8 @@ double fp8_quant_error_bound(double max_abs);
 
 // Bytes of a densely packed block of n tokens of head size d (codes / elements, plus the f16
 // scales and zeros), for byte accounting: kF32 4nd, kF16 / kBF16 2nd, kFp8 n(d + 2),
-// kIntToken n(packed_bytes(d, bits) + 4 d / group), kIntChannel d(packed_bytes(n, bits) + 4).
+// kIntToken n(packed_bytes(d, bits) + 4 d / group), kIntChannel d(packed_bytes(n, bits) + 4 t)
+// with t = ceil(n / group) token groups (1 for group 0).
 // Real policies may pad strides; they add their padding themselves.
 constexpr int64_t kv_block_bytes(KvFormat f, int64_t n, int64_t d, int bits = 0, int group = 0) {
   switch (f) {
@@ -92,7 +93,7 @@ constexpr int64_t kv_block_bytes(KvFormat f, int64_t n, int64_t d, int bits = 0,
     case KvFormat::kBF16: return 2 * n * d;
     case KvFormat::kFp8: return n * (d + 2);
     case KvFormat::kIntToken: return n * (packed_bytes(d, bits) + 4 * (d / group));
-    case KvFormat::kIntChannel: return d * (packed_bytes(n, bits) + 4);
+    case KvFormat::kIntChannel: return d * (packed_bytes(n, bits) + 4 * (group > 0 ? (n + group - 1) / group : 1));
   }
   return 0;
 }
