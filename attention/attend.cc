@@ -16,7 +16,6 @@ namespace {
 constexpr int kQueryTile = 32;           // new tokens per prefill work item
 constexpr int kNewKeyTile = 64;          // new keys per step of the causal part
 constexpr int kBlockHeadsPerChunk = 32;  // (history block, kv head) pairs per decode work item
-constexpr int64_t kPrefetchBytes = 1024;  // of the next history block, asked for a block ahead
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 // One work item: rows = the query heads of kv heads [g0, g1) for new tokens [t0, t1) of sequence
@@ -102,10 +101,7 @@ void run_item(const AttentionShape& shape, const SeqAttention& sa, const Item& i
   // History blocks, each block's kv heads one after the other: a block page front to back (the
   // kernels read ahead what follows each block; kernels/cpu/kv_attention.h).
   const int n_hist = sa.history ? sa.history->n_blocks() : 0;
-  const int u_end = std::min(it.u1, n_hist);
-  for (int u = it.u0; u < u_end; ++u) {
-    // The next block's page may lie anywhere: its start is asked for now, a block ahead.
-    if (u + 1 < u_end) kv_prefetch_start(sa.history->block(u + 1, it.g0).k, kPrefetchBytes);
+  for (int u = it.u0; u < std::min(it.u1, n_hist); ++u) {
     for (int g = it.g0; g < it.g1; ++g) fold(sa.history->block(u, g), g, nullptr);
   }
   for (int u = std::max(it.u0, n_hist); u < it.u1; ++u) {

@@ -108,14 +108,6 @@ bool kv_accumulate_quantize_probs(Isa isa, const KvBlock& v) {
   return false;
 }
 
-void kv_prefetch_start(const KvBlock& b, int64_t bytes) {
-  const int64_t data_bytes = b.format == KvFormat::kIntChannel ? int64_t(b.d) * b.stride : int64_t(b.n) * b.stride;
-  const int64_t end = std::min(bytes, data_bytes);
-  for (int64_t o = 0; o < end; o += 64) __builtin_prefetch(b.data + o, 0, 2);
-  if (b.scale) __builtin_prefetch(b.scale, 0, 2);
-  if (b.zero) __builtin_prefetch(b.zero, 0, 2);
-}
-
 void kv_scores(const KvBlock& k, const float* q, int rows, float* s) {
   kv_scores_isa(active_isa(), k, q, rows, s);
 }

@@ -61,11 +61,6 @@ namespace kvlab {
 void kv_scores(const KvBlock& k, const float* q, int rows, float* s);
 void kv_accumulate(const KvBlock& v, const float* p, int rows, float* acc);
 
-// Asks for the first bytes of a block (its first `bytes` of data, its first scales and zeros), so
-// that a block which does not follow the previous one in memory (another page) does not start
-// cold. The engine calls it one block ahead; the kernels read ahead the rest (kv_attention.cc).
-void kv_prefetch_start(const KvBlock& b, int64_t bytes);
-
 // The same on an explicit ISA (tests, benchmarks). REQUIRES: the CPU supports `isa`.
 void kv_scores_isa(Isa isa, const KvBlock& k, const float* q, int rows, float* s);
 void kv_accumulate_isa(Isa isa, const KvBlock& v, const float* p, int rows, float* acc);
