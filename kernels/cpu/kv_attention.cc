@@ -40,30 +40,32 @@ bool split_groups(Isa isa, const KvBlock& b, bool scores) {
   return !(scores && isa == Isa::kAvx2 && avx2_int_scores_take(b));
 }
 
-void scores_by_group(Isa isa, const KvBlock& k, const float* q, int rows, float* s) {
-  alignas(64) float buf[kSplitRows * kMaxSplitGroup];
-  for (int t = 0; t < channel_groups(k); ++t) {
-    const KvBlock sub = channel_sub_block(k, t);
-    const int j0 = t * channel_group_tokens(k);
+// f(group t as a block, its first token j0, first row r0, rows rc) for each token group and
+// chunk of kSplitRows rows.
+template <class F>
+void for_group_chunks(const KvBlock& b, int rows, F&& f) {
+  for (int t = 0; t < channel_groups(b); ++t) {
+    const KvBlock sub = channel_sub_block(b, t);
     for (int r0 = 0; r0 < rows; r0 += kSplitRows) {
-      const int rc = std::min(kSplitRows, rows - r0);
-      kv_scores_isa(isa, sub, q + int64_t(r0) * k.d, rc, buf);
-      for (int r = 0; r < rc; ++r) std::copy_n(buf + r * sub.n, sub.n, s + int64_t(r0 + r) * k.n + j0);
+      f(sub, t * channel_group_tokens(b), r0, std::min(kSplitRows, rows - r0));
     }
   }
 }
 
+void scores_by_group(Isa isa, const KvBlock& k, const float* q, int rows, float* s) {
+  alignas(64) float buf[kSplitRows * kMaxSplitGroup];
+  for_group_chunks(k, rows, [&](const KvBlock& sub, int j0, int r0, int rc) {
+    kv_scores_isa(isa, sub, q + int64_t(r0) * k.d, rc, buf);
+    for (int r = 0; r < rc; ++r) std::copy_n(buf + r * sub.n, sub.n, s + int64_t(r0 + r) * k.n + j0);
+  });
+}
+
 void accumulate_by_group(Isa isa, const KvBlock& v, const float* p, int rows, float* acc) {
   alignas(64) float buf[kSplitRows * kMaxSplitGroup];
-  for (int t = 0; t < channel_groups(v); ++t) {
-    const KvBlock sub = channel_sub_block(v, t);
-    const int j0 = t * channel_group_tokens(v);
-    for (int r0 = 0; r0 < rows; r0 += kSplitRows) {
-      const int rc = std::min(kSplitRows, rows - r0);
-      for (int r = 0; r < rc; ++r) std::copy_n(p + int64_t(r0 + r) * v.n + j0, sub.n, buf + r * sub.n);
-      kv_accumulate_isa(isa, sub, buf, rc, acc + int64_t(r0) * v.d);
-    }
-  }
+  for_group_chunks(v, rows, [&](const KvBlock& sub, int j0, int r0, int rc) {
+    for (int r = 0; r < rc; ++r) std::copy_n(p + int64_t(r0 + r) * v.n + j0, sub.n, buf + r * sub.n);
+    kv_accumulate_isa(isa, sub, buf, rc, acc + int64_t(r0) * v.d);
+  });
 }
 
 }  // namespace
