@@ -8,6 +8,8 @@
 //   kvlab logits    --model M (--prompt TEXT | --ids 1,2,3) --out FILE.npy [--policy SPEC]
 //   kvlab calibrate --model M --text FILE --policy aquakv:... --out FILE [--policy .. --out ..]
 //                   [--lines A-B] [--tokens N] [--window W]
+//   kvlab xkv-analyze --model M --text FILE [--tokens N] [--rank-k R] [--rank-v R] [--groups 1,2,4]
+//                   [--json OUT]
 //   kvlab policies
 //   kvlab isas
 // Common: [--tokenizer FILE] [--threads T] [--quiet]
@@ -32,6 +34,7 @@
 #include "eval/metrics.h"
 #include "eval/npy.h"
 #include "eval/perplexity.h"
+#include "eval/xkv_analyze.h"
 #include "kernels/cpu/cpu_features.h"
 #include "kvcache/registry.h"
 #include "model/gguf.h"
@@ -55,6 +58,9 @@ constexpr const char* kUsage =
     "                                           f32 logits of every position of one prefill\n"
     "  calibrate --model M --text FILE --policy aquakv:bits=B,... --out FILE [--policy P --out F ...]\n"
     "            [--lines A-B] [--tokens N] [--window W]   AQUA-KV predictors from the model's own K/V\n"
+    "  xkv-analyze --model M --text FILE [--tokens N] [--rank-k R] [--rank-v R] [--groups 1,2,4] [--json OUT]\n"
+    "                                           xKV: per-layer low-rank error of K and V in groups of\n"
+    "                                           adjacent layers, subspace overlap of adjacent layers\n"
     "  policies                                 registered cache policies and their parameters\n"
     "  isas                                     SIMD instruction sets this CPU supports, narrowest\n"
     "                                           first; the one the kernels use is marked (active)\n"
@@ -319,6 +325,38 @@ Status cmd_calibrate(const Args& a) {
   return Status::Ok();
 }
 
+Status cmd_xkv_analyze(const Args& a) {
+  XkvAnalyzeConfig cfg;
+  KVLAB_ASSIGN_OR_RETURN(cfg.text_path, a.get("--text"));
+  KVLAB_ASSIGN_OR_RETURN(int64_t tokens, a.get_int("--tokens", cfg.tokens, 2, 1 << 24));
+  KVLAB_ASSIGN_OR_RETURN(int64_t rank_k, a.get_int("--rank-k", cfg.rank_k, 1, 1 << 20));
+  // Values get 1.5x the key rank unless given (as the paper does).
+  KVLAB_ASSIGN_OR_RETURN(int64_t rank_v, a.get_int("--rank-v", (3 * rank_k + 1) / 2, 1, 1 << 20));
+  cfg.tokens = int(tokens), cfg.rank_k = int(rank_k), cfg.rank_v = int(rank_v);
+  if (a.has("--groups")) {
+    cfg.groups.clear();
+    const std::string list = a.all("--groups").back();
+    size_t pos = 0;
+    while (pos <= list.size()) {
+      size_t end = list.find(',', pos);
+      if (end == std::string::npos) end = list.size();
+      const std::string item = list.substr(pos, end - pos);
+      int g = 0, used = 0;
+      if (std::sscanf(item.c_str(), "%d%n", &g, &used) != 1 || used != int(item.size())) {
+        return invalid_argument("--groups needs a list of group sizes like 1,2,4, got '" + list + "'");
+      }
+      cfg.groups.push_back(g);
+      pos = end + 1;
+    }
+  }
+  KVLAB_ASSIGN_OR_RETURN(auto model, load_model(a));
+  Progress progress(a.has("--quiet"));
+  KVLAB_ASSIGN_OR_RETURN(XkvAnalysis r, analyze_xkv(*model, cfg, progress));
+  std::fputs(format_xkv_analysis(r).c_str(), stdout);
+  if (a.has("--json")) KVLAB_RETURN_IF_ERROR(write_file_atomic(a.all("--json").back(), xkv_analysis_json(r) + "\n"));
+  return Status::Ok();
+}
+
 Status cmd_ppl(const Args& a) {
   KVLAB_ASSIGN_OR_RETURN(std::string text, a.get("--text"));
   KVLAB_ASSIGN_OR_RETURN(int64_t n, a.get_int("--paragraphs", -1, -1, 1 << 30));
@@ -413,6 +451,8 @@ Status run(int argc, char** argv) {
   else if (cmd == "ppl") options = with_common({"--text", "--paragraphs", "--policy"});
   else if (cmd == "calibrate") options = with_common({"--text", "--policy", "--out", "--lines", "--tokens", "--window"});
   else if (cmd == "logits") options = with_common({"--prompt", "--ids", "--out", "--policy"});
+  else if (cmd == "xkv-analyze")
+    options = with_common({"--text", "--tokens", "--rank-k", "--rank-v", "--groups", "--json"});
   else return invalid_argument("unknown command '" + cmd + "'\n" + std::string(kUsage));
   KVLAB_ASSIGN_OR_RETURN(Args args, Args::parse(argc, argv, 2, options, flags));
   KVLAB_RETURN_IF_ERROR(apply_threads(args));
@@ -421,6 +461,7 @@ Status run(int argc, char** argv) {
   if (cmd == "eval") return cmd_eval(args);
   if (cmd == "logits") return cmd_logits(args);
   if (cmd == "calibrate") return cmd_calibrate(args);
+  if (cmd == "xkv-analyze") return cmd_xkv_analyze(args);
   return cmd_ppl(args);
 }
 

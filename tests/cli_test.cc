@@ -130,6 +130,63 @@ TEST(CliTest, EvalWritesJsonAndAFailedRunLeavesItAlone) {
   EXPECT_EQ(*read_file_text(json), *out);
 }
 
+// `kvlab xkv-analyze` on stories260K (kv_dim 32, 5 layers): at full rank nothing is lost (every
+// error ~0, whatever the grouping); at rank 4 the errors are real and a group of 4 layers, with
+// 4x the rank shared, loses less than single layers on average (the JSON's numbers); bad
+// parameters are exit 2.
+TEST(CliTest, XkvAnalyzeMeasuresTheFactorization) {
+  const std::string dir = testing::temp_dir();
+  const std::string text = testing::shared_data_path("tinystories_valid_subset.txt");
+  const std::string full = dir + "/full.json", low = dir + "/low.json";
+  auto r = run_kvlab({"xkv-analyze", "--model", "stories260k", "--text", text, "--tokens", "256", "--rank-k", "32",
+                      "--rank-v", "32", "--json", full, "--quiet"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = run_kvlab({"xkv-analyze", "--model", "stories260k", "--text", text, "--tokens", "256", "--rank-k", "4",
+                 "--groups", "1,4", "--json", low, "--quiet"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  // The errors of one layer: "k_error": [a, b, c] -> numbers.
+  auto errors = [](const std::string& json, const std::string& key) {
+    std::vector<std::vector<double>> rows;
+    for (size_t p = json.find(key); p != std::string::npos; p = json.find(key, p + 1)) {
+      std::vector<double> row;
+      const size_t open = json.find('[', p), close = json.find(']', p);
+      std::string list = json.substr(open + 1, close - open - 1);
+      for (size_t q = 0; q < list.size();) {
+        size_t used = 0;
+        row.push_back(std::stod(list.substr(q), &used));
+        q += used + 1;
+      }
+      rows.push_back(row);
+    }
+    return rows;
+  };
+  const std::string full_json = *read_file_text(full), low_json = *read_file_text(low);
+  for (const char* key : {"\"k_error\"", "\"v_error\""}) {
+    const auto rows = errors(full_json, key);
+    ASSERT_EQ(rows.size(), 5u) << full_json;
+    for (const auto& row : rows) {
+      ASSERT_EQ(row.size(), 3u);
+      for (double e : row) EXPECT_LT(e, 1e-4) << key;
+    }
+    const auto low_rows = errors(low_json, key);
+    ASSERT_EQ(low_rows.size(), 5u);
+    double g1 = 0, g4 = 0;
+    for (const auto& row : low_rows) {
+      EXPECT_GT(row[0], 0.01) << key;
+      EXPECT_LT(row[0], 1.0) << key;
+      g1 += row[0], g4 += row[1];
+    }
+    EXPECT_LT(g4, g1) << key;
+  }
+  expect_failure({"xkv-analyze", "--model", "stories260k", "--text", text, "--rank-k", "0"}, "out of range");
+  expect_failure({"xkv-analyze", "--model", "stories260k", "--text", text, "--tokens", "64", "--rank-k", "40"},
+                 "ranks must be in [1, kv_dim = 32]");
+  expect_failure(
+      {"xkv-analyze", "--model", "stories260k", "--text", text, "--tokens", "64", "--rank-k", "4", "--groups", "1,9"},
+      "groups must be in [1, 5]");
+  expect_failure({"xkv-analyze", "--model", "stories260k", "--text", text, "--groups", "1,x"}, "--groups needs");
+}
+
 // `kvlab isas`: the supported ISAs, narrowest first, the active one marked. Its child process
 // reads the same $KVLAB_ISA as this one (unset, or set by a narrower-ISA rerun of the tests).
 TEST(CliTest, IsasListsSupportedIsasNarrowestFirstAndMarksTheActiveOne) {

@@ -441,7 +441,8 @@ TEST(KvKernels, ChannelGroupsAreBlocksOfTheirOwn) {
             kv_scores_isa(cs.isa, sub, q.data(), rows, s_sub.data());
             for (int r = 0; r < rows; ++r) {
               ASSERT_EQ(0, std::memcmp(s_sub.data() + r * sub.n, s.data() + r * n + t * group, sizeof(float) * sub.n))
-                  << isa_name(cs.isa) << " " << format_name(f) << " d=" << d << " n=" << n << " group " << t << " row " << r;
+                  << isa_name(cs.isa) << " " << format_name(f) << " d=" << d << " n=" << n << " group " << t
+                  << " row " << r;
               std::copy_n(pr.data() + r * n + t * group, sub.n, p_sub.data() + r * sub.n);
             }
             kv_accumulate_isa(cs.isa, sub, p_sub.data(), rows, acc_parts.data());
