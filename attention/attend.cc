@@ -60,15 +60,9 @@ void accumulate_block(const HistoryBlock& b, int rows, const int32_t* row_pos, i
 // The new tokens [j0, j1) of kv head g, exact f32, as a block.
 HistoryBlock new_tokens_block(const AttentionShape& shape, const SeqAttention& sa, int g, int j0, int j1) {
   HistoryBlock b;
-  for (KvBlock* blk : {&b.k, &b.v}) {
-    blk->format = KvFormat::kF32;
-    blk->n = j1 - j0;
-    blk->d = shape.head_dim;
-    blk->stride = int64_t(shape.kv_dim()) * sizeof(float);
-  }
   const size_t off = size_t(j0) * shape.kv_dim() + size_t(g) * shape.head_dim;
-  b.k.data = reinterpret_cast<const uint8_t*>(sa.k_new + off);
-  b.v.data = reinterpret_cast<const uint8_t*>(sa.v_new + off);
+  b.k = f32_block(sa.k_new + off, j1 - j0, shape.head_dim, shape.kv_dim());
+  b.v = f32_block(sa.v_new + off, j1 - j0, shape.head_dim, shape.kv_dim());
   b.positions = sa.positions + j0;
   return b;
 }

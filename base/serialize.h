@@ -42,6 +42,16 @@ class BinaryReader {
   BinaryReader(const void* data, size_t size, std::string what)
       : p_(static_cast<const uint8_t*>(data)), size_(size), what_(std::move(what)) {}
 
+  // Reads a uint32 version and refuses any other than `expected`: "<what>: <name> version V
+  // (this build reads version E)".
+  Status expect_version(uint32_t expected, const std::string& name) {
+    uint32_t version = 0;
+    KVLAB_RETURN_IF_ERROR(get(&version));
+    if (version == expected) return Status::Ok();
+    return unsupported(what_ + ": " + name + " version " + std::to_string(version) + " (this build reads version " +
+                       std::to_string(expected) + ")");
+  }
+
   template <typename T>
   Status get(T* v) {
     static_assert(std::is_trivially_copyable_v<T>);

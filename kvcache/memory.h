@@ -90,6 +90,12 @@ class TrackedAllocator {
 template <typename T>
 using TrackedVector = std::vector<T, TrackedAllocator<T>>;
 
+// An empty TrackedVector booking its allocations on `ledger` under `kind`.
+template <typename T>
+TrackedVector<T> tracked(MemoryLedger* ledger, MemoryKind kind) {
+  return TrackedVector<T>(TrackedAllocator<T>(ledger, kind));
+}
+
 // "payload 1.2 MiB, meta 0 B, ..."
 std::string format_memory(const MemoryReport& r);
 std::string format_bytes(int64_t bytes);

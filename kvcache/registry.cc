@@ -12,6 +12,7 @@ const std::vector<PolicyInfo>& registered_policies() {
       kivi_policy_info(),
       streaming_policy_info(),
       aquakv_policy_info(),
+      xkv_policy_info(),
   };
   return policies;
 }

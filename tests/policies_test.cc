@@ -4,6 +4,7 @@
 // several key groups per block.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <random>
 
 #include "base/serialize.h"
@@ -43,26 +44,79 @@ struct Synthetic {
   }
 };
 
-TEST(KiviTest, ResidualLongerThanTheContextIsTheF16Cache) {
+// Logits of a 200-token prompt, then of 100 decode steps (stories260K).
+std::vector<float> prompt_then_decode(const std::string& spec) {
   const Model& m = testing::stories260k();
   std::vector<int32_t> ids;
   for (int i = 0; i < 300; ++i) ids.push_back(int32_t(3 + (i * 131) % 500));
-  std::vector<std::vector<float>> runs;
-  for (const char* spec : {"kivi:bits=2,group=32,residual=1000", "full:dtype=f16"}) {
-    auto cache = m.make_cache(spec, 1);
-    ASSERT_TRUE(cache.ok());
-    std::vector<float> all, logits;
-    SeqInput in{0, std::span<const int32_t>(ids.data(), 200)};
-    ASSERT_TRUE(m.forward(**cache, {&in, 1}, LogitsMode::kLast, &logits).ok());
-    all = logits;
-    for (size_t t = 200; t < ids.size(); ++t) {
-      SeqInput one{0, std::span<const int32_t>(&ids[t], 1)};
-      ASSERT_TRUE(m.forward(**cache, {&one, 1}, LogitsMode::kLast, &logits).ok());
-      all.insert(all.end(), logits.begin(), logits.end());
-    }
-    runs.push_back(all);
+  auto cache = m.make_cache(spec, 1);
+  EXPECT_TRUE(cache.ok()) << spec;
+  if (!cache.ok()) return {};
+  std::vector<float> all, logits;
+  SeqInput in{0, std::span<const int32_t>(ids.data(), 200)};
+  EXPECT_TRUE(m.forward(**cache, {&in, 1}, LogitsMode::kLast, &logits).ok());
+  all = logits;
+  for (size_t t = 200; t < ids.size(); ++t) {
+    SeqInput one{0, std::span<const int32_t>(&ids[t], 1)};
+    EXPECT_TRUE(m.forward(**cache, {&one, 1}, LogitsMode::kLast, &logits).ok());
+    all.insert(all.end(), logits.begin(), logits.end());
   }
-  EXPECT_EQ(runs[0], runs[1]);
+  return all;
+}
+
+TEST(KiviTest, ResidualLongerThanTheContextIsTheF16Cache) {
+  EXPECT_EQ(prompt_then_decode("kivi:bits=2,group=32,residual=1000"), prompt_then_decode("full:dtype=f16"));
+}
+
+// xKV at full rank (f32 factors: stories260K's groups of 2 layers are 64 wide) reproduces the
+// full f32 cache's logits within 1e-4; at low rank it does not (the test can fail).
+TEST(XkvTest, FullRankReproducesTheF32CacheLogits) {
+  const std::vector<float> ref = prompt_then_decode("full:dtype=f32");
+  const std::vector<float> full_rank = prompt_then_decode("xkv:group=2,rank_k=64,rank_v=64,dtype=f32");
+  const std::vector<float> low_rank = prompt_then_decode("xkv:group=2,rank_k=4,rank_v=6,dtype=f32");
+  ASSERT_EQ(full_rank.size(), ref.size());
+  ASSERT_EQ(low_rank.size(), ref.size());
+  double worst = 0, worst_low = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    worst = std::max(worst, double(std::fabs(full_rank[i] - ref[i])));
+    worst_low = std::max(worst_low, double(std::fabs(low_rank[i] - ref[i])));
+  }
+  EXPECT_LE(worst, 1e-4);
+  EXPECT_GT(worst_low, 1e-2);
+}
+
+// What a prompt leaves in the cache: per group and sequence A_K [n, rk] and A_V [n, rv] (payload)
+// and per layer B_K [C, rk], B_V [C, rv] (meta), f16; later tokens dense (exact); nothing else.
+TEST(XkvTest, FactorsHoldTheBytesOfTheirShapes) {
+  Synthetic s(16, 1024);  // 2 layers, 2 kv heads of 16: C = 32
+  auto cache = KvCache::create(s.geo, &s.rope, "xkv:group=2,rank_k=10,rank_v=15", 1);
+  ASSERT_TRUE(cache.ok());
+  s.step(**cache, 300);
+  for (int t = 0; t < 5; ++t) s.step(**cache, 1);
+  const MemoryReport m = (*cache)->memory();
+  EXPECT_EQ(m[MemoryKind::kPayload], 300 * (10 + 15) * 2);
+  EXPECT_EQ(m[MemoryKind::kMeta], 2 /*layers*/ * 32 * (10 + 15) * 2);
+  EXPECT_GT(m[MemoryKind::kExact], 0);  // the 5 decode tokens' ring pages
+  EXPECT_EQ((*cache)->stored_tokens(1, 0), 305);
+  // A crop inside the prompt keeps the first rows of A; B stays.
+  ASSERT_TRUE((*cache)->crop(0, 100).ok());
+  EXPECT_EQ((*cache)->memory()[MemoryKind::kPayload], 100 * (10 + 15) * 2);
+  EXPECT_EQ((*cache)->stored_tokens(0, 0), 100);
+}
+
+TEST(XkvTest, ImpossibleParametersAreClearErrors) {
+  Synthetic s(16, 1024);  // 2 layers, C = 32
+  auto expect_error = [&](const std::string& spec, const std::string& needle) {
+    auto c = KvCache::create(s.geo, &s.rope, spec, 1);
+    ASSERT_FALSE(c.ok()) << spec;
+    EXPECT_NE(c.status().message().find(needle), std::string::npos) << c.status().message();
+  };
+  expect_error("xkv:group=2,rank_k=0", "rank_k");
+  expect_error("xkv:group=2,rank_k=65,rank_v=8", "rank 65 is above the group width 64");
+  expect_error("xkv:group=3,rank_k=8,rank_v=8", "group 3 is larger than the layer range (2 layers)");
+  s.geo.n_layers = 3;
+  expect_error("xkv:group=2,rank_k=8,rank_v=8,short_group=off", "3 layers are not a multiple of group 2");
+  EXPECT_TRUE(KvCache::create(s.geo, &s.rope, "xkv:group=2,rank_k=8,rank_v=8", 1).ok());
 }
 
 TEST(StreamingTest, BytesStayConstantOnceTheWindowIsFull) {

@@ -65,6 +65,17 @@ inline uint32_t code_at(const uint8_t* stream, int64_t i, int bits) {
   return v & ((1u << bits) - 1);
 }
 
+// An f32 block of n tokens of d channels at x, token rows `row_floats` floats apart.
+inline KvBlock f32_block(const float* x, int n, int d, int64_t row_floats) {
+  KvBlock b;
+  b.format = KvFormat::kF32;
+  b.n = n;
+  b.d = d;
+  b.data = reinterpret_cast<const uint8_t*>(x);
+  b.stride = row_floats * int64_t(sizeof(float));
+  return b;
+}
+
 // kIntChannel: tokens per group (group 0 or >= n: the whole block), groups in the block, and
 // group t as a block of its own (its codes, scales and zeros; the same stride).
 inline int channel_group_tokens(const KvBlock& b) { return b.group > 0 && b.group < b.n ? b.group : b.n; }

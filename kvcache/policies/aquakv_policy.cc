@@ -42,11 +42,6 @@ struct AquaConfig {
   std::string calib;
 };
 
-template <typename T>
-TrackedVector<T> tracked(MemoryLedger* ledger, MemoryKind kind) {
-  return TrackedVector<T>(TrackedAllocator<T>(ledger, kind));
-}
-
 class AquaKvPolicy final : public Policy {
  public:
   static StatusOr<std::unique_ptr<Policy>> create(const PolicyContext& ctx, const AquaConfig& cfg) {
@@ -201,12 +196,7 @@ class AquaKvPolicy final : public Policy {
   }
 
   Status load(BinaryReader& in) override {
-    uint32_t version = 0;
-    KVLAB_RETURN_IF_ERROR(in.get(&version));
-    if (version != kStateVersion) {
-      return unsupported(in.what() + ": aquakv state version " + std::to_string(version) + " (this build reads version " +
-                         std::to_string(kStateVersion) + ")");
-    }
+    KVLAB_RETURN_IF_ERROR(in.expect_version(kStateVersion, "aquakv state"));
     for (int l = ctx_.first_layer; l <= ctx_.last_layer; ++l) {
       const int cb = codec_for(l).code_bytes(), nn = codec_for(l).n_norms();
       for (int s = 0; s < ctx_.max_seqs; ++s) {
@@ -279,13 +269,10 @@ class AquaKvPolicy final : public Policy {
       } else if (b < n_prefix_ + n_tiles_) {
         const int t0 = (b - n_prefix_) * kTile;
         const int C = p_->ctx_.geometry.kv_dim(), d = p_->ctx_.geometry.head_dim;
-        for (auto [blk, src] : {std::pair{&hb.k, ck_}, std::pair{&hb.v, cv_}}) {
-          blk->format = KvFormat::kF32;
-          blk->n = std::min(kTile, s_->n_compressed - t0);
-          blk->d = d;
-          blk->data = reinterpret_cast<const uint8_t*>(src + size_t(t0) * C + size_t(kv_head) * d);
-          blk->stride = int64_t(C) * int64_t(sizeof(float));
-        }
+        const size_t off = size_t(t0) * C + size_t(kv_head) * d;
+        const int n = std::min(kTile, s_->n_compressed - t0);
+        hb.k = f32_block(ck_ + off, n, d, C);
+        hb.v = f32_block(cv_ + off, n, d, C);
         hb.first_pos = p_->cfg_.prefix + t0;
       } else {
         s_->buffer.run(b - n_prefix_ - n_tiles_, kv_head, &hb.k, &hb.v, &first);

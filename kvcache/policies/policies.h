@@ -1,5 +1,6 @@
 // Registry entries of the policies: those built on the tiered token store (tiered_policy.h) and
-// aquakv (aquakv_policy.cc). One function per policy; kvcache/registry.cc lists them.
+// aquakv (aquakv_policy.cc) and xkv (xkv_policy.cc). One function per policy; kvcache/registry.cc
+// lists them.
 #pragma once
 
 #include "kvcache/registry.h"
@@ -11,5 +12,6 @@ PolicyInfo kivi_policy_info();       // kivi:bits=2|3|4|8,group=G,residual=R,sin
 PolicyInfo quant_policy_info();      // quant:kbits=..,vbits=..,group=G,residual=R,dtype=...
 PolicyInfo streaming_policy_info();  // streaming:sink=S,window=W,dtype=...
 PolicyInfo aquakv_policy_info();     // aquakv:bits=2|3|4|inf,calib=FILE,predictors=on|off,prefix=P,buffer=B,...
+PolicyInfo xkv_policy_info();        // xkv:group=G,rank_k=RK,rank_v=RV,short_group=on|off,min_tokens=N,dtype=...
 
 }  // namespace kvlab
