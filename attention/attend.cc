@@ -38,23 +38,57 @@ struct Partial {
   }
 };
 
+// The coefficient sums of factored values (HistoryBlock::v_basis) of one kv head's rows in a
+// work item: [rows, rank], rescaled with the rows' acc by the online softmax.
+struct FactoredSums {
+  const float* basis = nullptr;  // [d, rank]
+  int rank = 0;
+  std::vector<float> acc;
+};
+
 struct Scratch {
   std::vector<float> q;       // [rows, d] pre-scaled queries of the item
   std::vector<float> scores;  // [rows of one kv head, n] scores, then probabilities
   std::vector<int32_t> row_pos;
+  std::vector<float> m_before;  // [rows of one kv head]
+  std::vector<FactoredSums> factored;  // [kv heads of the item]
 };
 
 // Folds one block into the state of `rows` query rows of one kv head: scores from the packed
-// keys, the online softmax step, values accumulated. row_pos: each row's position for the causal
-// mask, or null when no key can lie in any row's future (history blocks).
-void accumulate_block(const HistoryBlock& b, int rows, const int32_t* row_pos, int d, const float* q,
-                      std::vector<float>& scores, float* m, float* l, float* acc) {
+// keys, the online softmax step, values accumulated (factored values into f.acc, which is
+// rescaled as acc is). row_pos: each row's position for the causal mask, or null when no key can
+// lie in any row's future (history blocks).
+void accumulate_block(const HistoryBlock& b, int rows, const int32_t* row_pos, int d, const float* q, Scratch& sc,
+                      FactoredSums& f, float* m, float* l, float* acc) {
   const int n = b.k.n;
   if (n == 0) return;
-  scores.resize(size_t(rows) * n);
-  kv_scores(b.k, q, rows, scores.data());
-  online_softmax_block(scores.data(), rows, n, b.positions, b.first_pos, row_pos, m, l, acc, d);
-  kv_accumulate(b.v, scores.data(), rows, acc);
+  if (b.v_basis && !f.basis) {
+    f.basis = b.v_basis;
+    f.rank = b.v.d;
+    f.acc.assign(size_t(rows) * f.rank, 0.0f);
+  }
+  KVLAB_CHECK(!b.v_basis || (b.v_basis == f.basis && b.v.d == f.rank));
+  sc.scores.resize(size_t(rows) * n);
+  kv_scores(b.k, q, rows, sc.scores.data());
+  if (f.basis) sc.m_before.assign(m, m + rows);
+  online_softmax_block(sc.scores.data(), rows, n, b.positions, b.first_pos, row_pos, m, l, acc, d);
+  for (int r = 0; f.basis && r < rows; ++r) {
+    if (m[r] == sc.m_before[size_t(r)]) continue;
+    const float c = sc.m_before[size_t(r)] == kNegInf ? 0.0f : std::exp(sc.m_before[size_t(r)] - m[r]);
+    for (int k = 0; k < f.rank; ++k) f.acc[size_t(r) * f.rank + k] *= c;
+  }
+  kv_accumulate(b.v, sc.scores.data(), rows, b.v_basis ? f.acc.data() : acc);
+}
+
+// acc[r, c] += sum_k f.acc[r, k] basis[c, k] for the rows of one kv head.
+void apply_basis(const FactoredSums& f, int rows, int d, float* acc) {
+  for (int r = 0; r < rows; ++r) {
+    for (int c = 0; c < d; ++c) {
+      float sum = 0.0f;
+      for (int k = 0; k < f.rank; ++k) sum += f.acc[size_t(r) * f.rank + k] * f.basis[size_t(c) * f.rank + k];
+      acc[size_t(r) * d + c] += sum;
+    }
+  }
 }
 
 // The new tokens [j0, j1) of kv head g, exact f32, as a block.
@@ -86,10 +120,12 @@ void run_item(const AttentionShape& shape, const SeqAttention& sa, const Item& i
   scratch.row_pos.resize(rh);
   for (int r = 0; r < rh; ++r) scratch.row_pos[r] = sa.positions[it.t0 + r / G];
   st.init(rows, d);
+  scratch.factored.assign(size_t(it.g1 - it.g0), FactoredSums{});
   auto fold = [&](const HistoryBlock& b, int g, const int32_t* row_pos) {
     const int r0 = (g - it.g0) * rh;
-    accumulate_block(b, rh, row_pos, d, scratch.q.data() + size_t(r0) * d, scratch.scores, st.m.data() + r0,
-                     st.l.data() + r0, st.acc.data() + size_t(r0) * d);
+    accumulate_block(b, rh, row_pos, d, scratch.q.data() + size_t(r0) * d, scratch,
+                     scratch.factored[size_t(g - it.g0)], st.m.data() + r0, st.l.data() + r0,
+                     st.acc.data() + size_t(r0) * d);
   };
 
   // History blocks, each block's kv heads one after the other: a block page front to back (the
@@ -102,6 +138,10 @@ void run_item(const AttentionShape& shape, const SeqAttention& sa, const Item& i
     const int j0 = (u - n_hist) * kNewKeyTile;
     const int j1 = std::min(sa.n_new, j0 + kNewKeyTile);
     for (int g = it.g0; g < it.g1; ++g) fold(new_tokens_block(shape, sa, g, j0, j1), g, scratch.row_pos.data());
+  }
+  for (int g = it.g0; g < it.g1; ++g) {
+    const FactoredSums& f = scratch.factored[size_t(g - it.g0)];
+    if (f.basis) apply_basis(f, rh, d, st.acc.data() + size_t((g - it.g0) * rh) * d);
   }
 }
 

@@ -35,6 +35,11 @@ struct HistoryBlock {
   KvBlock k, v;                        // same n
   const int32_t* positions = nullptr;  // [n]; null means first_pos, first_pos + 1, ...
   int32_t first_pos = 0;
+  // Values in factored form (xKV): v holds each token's v.d coefficients and its value is
+  // coefficients x v_basis, v_basis [head_dim, v.d] (channel c's row at c * v.d). The engine
+  // accumulates the coefficients and applies the basis once per work item (exact: the sum is
+  // linear). Every factored block of one sequence's history and kv head has the same basis.
+  const float* v_basis = nullptr;
 };
 
 // A sequence's stored history in one layer. Every stored position is below the positions of the

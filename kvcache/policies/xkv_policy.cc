@@ -7,10 +7,12 @@
 // for the prompt, in `dtype`. Tokens written later (decode, or any later forward) are stored
 // densely in `dtype` and never refactorized, as in the paper.
 //
-// Attention reads the factors a tile of kTile tokens and one kv head at a time: keys A_tile B_l
-// (rank-r product, kernels/cpu/matmul.h), rotated at their positions, values A_tile B_l, into a
-// per-thread scratch (booked as kDerived), then the fused f32 kernels. No full-precision copy of
-// a layer's history exists at any time.
+// Attention reads the factors a tile of kTile tokens and one kv head at a time: keys A_K,tile
+// B_K,l (rank-r product, kernels/cpu/matmul.h) rotated at their positions, into a per-thread
+// scratch (kDerived), then the fused f32 kernels; values fold exactly, sum_t p_t A_V,t B_V,l =
+// (sum_t p_t A_V,t) B_V,l: the engine accumulates the coefficients A_V and applies B_V,l once per
+// work item (attention/attend.h, HistoryBlock::v_basis; B_V kept in f32 as kDerived for it). No
+// full-precision copy of a layer's history exists at any time.
 //
 // Bytes (kv_bytes): A_K, A_V under kPayload, the B blocks under kMeta (per sequence: the SVD is
 // per prompt), the dense tokens under kExact, the prompt's exact copies while a group is open
@@ -88,11 +90,12 @@ class XkvPolicy final : public Policy {
     for (int gi = 0; gi < n_groups_; ++gi) {
       for (int s = 0; s < ctx.max_seqs; ++s) {
         groups_.push_back(Group{0, 0, 0, Stored(ctx.ledger, MemoryKind::kPayload, cfg.dtype),
-                                Stored(ctx.ledger, MemoryKind::kPayload, cfg.dtype), {}, {}});
+                                Stored(ctx.ledger, MemoryKind::kPayload, cfg.dtype), {}, {}, {}});
         Group& gr = groups_.back();
         for (int i = 0; i < layers_in(gi); ++i) {
           gr.bk.emplace_back(ctx.ledger, MemoryKind::kMeta, cfg.dtype);
           gr.bv.emplace_back(ctx.ledger, MemoryKind::kMeta, cfg.dtype);
+          gr.bv_basis.push_back(tracked<float>(ctx.ledger, MemoryKind::kDerived));
         }
       }
     }
@@ -177,8 +180,11 @@ class XkvPolicy final : public Policy {
     for (int t0 = 0; t0 < gr.n; t0 += kTile) {
       const int nt = std::min(kTile, gr.n - t0);
       for (int h = 0; h < ctx_.geometry.n_kv_heads; ++h) {
-        std::vector<float> kh(size_t(nt) * d), vh(kh.size()), tiles(tile_floats(layer, seq, nt));
-        reconstruct(layer, seq, t0, nt, h, kh.data(), vh.data(), tiles.data());
+        std::vector<float> kh(size_t(nt) * d), vh(kh.size()), tiles(key_tile_floats(layer, seq, nt));
+        std::vector<float> coeffs(size_t(nt) * gr.rv);
+        reconstruct_keys(layer, seq, t0, nt, h, kh.data(), tiles.data());
+        gr.av.read(size_t(t0) * gr.rv, coeffs.size(), coeffs.data());
+        matmul(coeffs.data(), nt, gr.rv, value_basis(layer, seq, h), d, vh.data());
         for (int t = 0; t < nt; ++t) {
           std::copy_n(&kh[size_t(t) * d], d, &c.k[size_t(t0 + t) * C + size_t(h) * d]);
           std::copy_n(&vh[size_t(t) * d], d, &c.v[size_t(t0 + t) * C + size_t(h) * d]);
@@ -236,6 +242,7 @@ class XkvPolicy final : public Policy {
         for (size_t i = 0; i < factors.size(); ++i) {
           KVLAB_RETURN_IF_ERROR(in.get_array(&factors[i]->bytes(), sizes[i] * int64_t(esize)));
         }
+        make_value_bases(gr);
       }
     }
     for (int l = ctx_.first_layer; l <= ctx_.last_layer; ++l) {
@@ -257,7 +264,8 @@ class XkvPolicy final : public Policy {
   struct Group {
     int n = 0, rk = 0, rv = 0;
     Stored ak, av;
-    std::vector<Stored> bk, bv;  // [layers in the group]
+    std::vector<Stored> bk, bv;                  // [layers in the group]
+    std::vector<TrackedVector<float>> bv_basis;  // bv in f32 (kDerived): the engine's value basis
   };
   struct Slot {
     TokenRing dense;                              // tokens after the prompt, keys post-RoPE
@@ -282,15 +290,21 @@ class XkvPolicy final : public Policy {
         hb.first_pos = n_ + first;
         return hb;
       }
+      // Keys reconstructed and rotated; values as their coefficients A_V with the basis B_V,l
+      // (the engine applies it once per work item).
       const int d = p_->ctx_.geometry.head_dim, t0 = b * kTile, nt = std::min(kTile, n_ - t0);
+      const Group& gr = p_->group(p_->group_of(layer_), seq_);
       TrackedVector<float>& scratch = p_->scratch_[size_t(omp_get_thread_num())];
-      const size_t out = size_t(2) * kTile * d, need = out + p_->tile_floats(layer_, seq_, kTile);
+      const size_t k_floats = size_t(kTile) * d, v_floats = size_t(kTile) * gr.rv;
+      const size_t need = k_floats + v_floats + p_->key_tile_floats(layer_, seq_, kTile);
       if (scratch.size() < need) scratch.resize(need);
       float* k = scratch.data();
-      float* v = k + size_t(kTile) * d;
-      p_->reconstruct(layer_, seq_, t0, nt, kv_head, k, v, scratch.data() + out);
+      float* coeffs = k + k_floats;
+      p_->reconstruct_keys(layer_, seq_, t0, nt, kv_head, k, coeffs + v_floats);
+      gr.av.read(size_t(t0) * gr.rv, size_t(nt) * gr.rv, coeffs);
       hb.k = f32_block(k, nt, d, d);
-      hb.v = f32_block(v, nt, d, d);
+      hb.v = f32_block(coeffs, nt, gr.rv, gr.rv);
+      hb.v_basis = p_->value_basis(layer_, seq_, kv_head);
       hb.first_pos = t0;
       return hb;
     }
@@ -322,6 +336,19 @@ class XkvPolicy final : public Policy {
   static void clear_group(Group& gr) {
     gr.n = gr.rk = gr.rv = 0;
     for (Stored* s : all_factors(gr)) s->release();
+    for (auto& b : gr.bv_basis) TrackedVector<float>(b.get_allocator()).swap(b);
+  }
+  // The f32 value bases of a group from its stored B_V (after a factorization or a load).
+  void make_value_bases(Group& gr) {
+    for (size_t i = 0; i < gr.bv.size(); ++i) {
+      gr.bv_basis[i].resize(gr.bv[i].size());
+      gr.bv[i].read(0, gr.bv[i].size(), gr.bv_basis[i].data());
+    }
+  }
+  // Kv head h's value basis in `layer`: B_V,l^T rows h d .. (h + 1) d - 1, [d, rv].
+  const float* value_basis(int layer, int seq, int h) const {
+    const Group& gr = group(group_of(layer), seq);
+    return gr.bv_basis[size_t(layer - first_of(group_of(layer)))].data() + size_t(h) * ctx_.geometry.head_dim * gr.rv;
   }
 
   // The group's prompt (every layer's pending tokens) -> A, B; the exact copies are freed.
@@ -349,6 +376,7 @@ class XkvPolicy final : public Policy {
       }
     }
     gr.n = n;
+    make_value_bases(gr);
     for (int i = 0; i < G; ++i) {
       Slot& sl = slot(first_of(gi) + i, seq);
       TrackedVector<float>(sl.pending_k.get_allocator()).swap(sl.pending_k);
@@ -356,24 +384,20 @@ class XkvPolicy final : public Policy {
     }
   }
 
-  // Floats of the factor tiles reconstruct() needs for nt tokens.
-  size_t tile_floats(int layer, int seq, int nt) const {
-    const Group& gr = group(group_of(layer), seq);
-    return size_t(nt + ctx_.geometry.head_dim) * size_t(std::max(gr.rk, gr.rv));
+  // Floats of the factor tiles reconstruct_keys() needs for nt tokens.
+  size_t key_tile_floats(int layer, int seq, int nt) const {
+    return size_t(nt + ctx_.geometry.head_dim) * size_t(group(group_of(layer), seq).rk);
   }
 
-  // Tokens [t0, t0 + nt) of kv head h of `layer`: keys (rotated at their positions) and values,
-  // [nt, head_dim] each, from the factors. tiles: tile_floats() of scratch for the f32 factor
-  // tiles (A rows [nt, r], then the head's rows of B_l^T [d, r]).
-  void reconstruct(int layer, int seq, int t0, int nt, int h, float* k, float* v, float* tiles) const {
+  // Keys of tokens [t0, t0 + nt) of kv head h of `layer`, rotated at their positions,
+  // [nt, head_dim]: A_K rows times the head's rows of B_K,l. tiles: key_tile_floats() of scratch
+  // for the f32 factor tiles (A rows [nt, rk], then B_K,l^T rows [d, rk]).
+  void reconstruct_keys(int layer, int seq, int t0, int nt, int h, float* k, float* tiles) const {
     const int d = ctx_.geometry.head_dim, i = layer - first_of(group_of(layer));
     const Group& gr = group(group_of(layer), seq);
-    for (int side = 0; side < 2; ++side) {
-      const int r = side == 0 ? gr.rk : gr.rv;
-      (side == 0 ? gr.ak : gr.av).read(size_t(t0) * r, size_t(nt) * r, tiles);
-      (side == 0 ? gr.bk : gr.bv)[size_t(i)].read(size_t(h) * d * r, size_t(d) * r, tiles + size_t(nt) * r);
-      matmul(tiles, nt, r, tiles + size_t(nt) * r, d, side == 0 ? k : v);
-    }
+    gr.ak.read(size_t(t0) * gr.rk, size_t(nt) * gr.rk, tiles);
+    gr.bk[size_t(i)].read(size_t(h) * d * gr.rk, size_t(d) * gr.rk, tiles + size_t(nt) * gr.rk);
+    matmul(tiles, nt, gr.rk, tiles + size_t(nt) * gr.rk, d, k);
     std::vector<int32_t> pos(static_cast<size_t>(nt));
     for (int t = 0; t < nt; ++t) pos[size_t(t)] = t0 + t;
     ctx_.rope->rotate(k, nt, 1, pos.data());
