@@ -1,5 +1,7 @@
 #include "attention/attend.h"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -39,45 +41,47 @@ struct Partial {
 };
 
 // The coefficient sums of factored values (HistoryBlock::v_basis) of one kv head's rows in a
-// work item: [rows, rank], rescaled with the rows' acc by the online softmax.
+// work item: [rows, rank], rescaled with the rows' acc by the online softmax. Local to the work
+// item (allocated only when a history has factored values).
 struct FactoredSums {
   const float* basis = nullptr;  // [d, rank]
   int rank = 0;
   std::vector<float> acc;
+  std::vector<float> m_before;  // [rows]
 };
 
 struct Scratch {
   std::vector<float> q;       // [rows, d] pre-scaled queries of the item
   std::vector<float> scores;  // [rows of one kv head, n] scores, then probabilities
   std::vector<int32_t> row_pos;
-  std::vector<float> m_before;  // [rows of one kv head]
-  std::vector<FactoredSums> factored;  // [kv heads of the item]
 };
 
 // Folds one block into the state of `rows` query rows of one kv head: scores from the packed
-// keys, the online softmax step, values accumulated (factored values into f.acc, which is
-// rescaled as acc is). row_pos: each row's position for the causal mask, or null when no key can
-// lie in any row's future (history blocks).
-void accumulate_block(const HistoryBlock& b, int rows, const int32_t* row_pos, int d, const float* q, Scratch& sc,
-                      FactoredSums& f, float* m, float* l, float* acc) {
+// keys, the online softmax step, values accumulated (factored values into f->acc, which is
+// rescaled as acc is; f null: the item has seen no factored values). row_pos: each row's
+// position for the causal mask, or null when no key can lie in any row's future (history blocks).
+void accumulate_block(const HistoryBlock& b, int rows, const int32_t* row_pos, int d, const float* q,
+                      std::vector<float>& scores, FactoredSums* f, float* m, float* l, float* acc) {
   const int n = b.k.n;
   if (n == 0) return;
-  if (b.v_basis && !f.basis) {
-    f.basis = b.v_basis;
-    f.rank = b.v.d;
-    f.acc.assign(size_t(rows) * f.rank, 0.0f);
+  if (b.v_basis && !f->basis) {
+    f->basis = b.v_basis;
+    f->rank = b.v.d;
+    f->acc.assign(size_t(rows) * f->rank, 0.0f);
   }
-  KVLAB_CHECK(!b.v_basis || (b.v_basis == f.basis && b.v.d == f.rank));
-  sc.scores.resize(size_t(rows) * n);
-  kv_scores(b.k, q, rows, sc.scores.data());
-  if (f.basis) sc.m_before.assign(m, m + rows);
-  online_softmax_block(sc.scores.data(), rows, n, b.positions, b.first_pos, row_pos, m, l, acc, d);
-  for (int r = 0; f.basis && r < rows; ++r) {
-    if (m[r] == sc.m_before[size_t(r)]) continue;
-    const float c = sc.m_before[size_t(r)] == kNegInf ? 0.0f : std::exp(sc.m_before[size_t(r)] - m[r]);
-    for (int k = 0; k < f.rank; ++k) f.acc[size_t(r) * f.rank + k] *= c;
+  KVLAB_CHECK(!b.v_basis || (b.v_basis == f->basis && b.v.d == f->rank));
+  const bool factored = f && f->basis;
+  scores.resize(size_t(rows) * n);
+  kv_scores(b.k, q, rows, scores.data());
+  if (factored) f->m_before.assign(m, m + rows);
+  online_softmax_block(scores.data(), rows, n, b.positions, b.first_pos, row_pos, m, l, acc, d);
+  for (int r = 0; factored && r < rows; ++r) {
+    const float m0 = f->m_before[size_t(r)];
+    if (m[r] == m0) continue;
+    const float c = m0 == kNegInf ? 0.0f : std::exp(m0 - m[r]);
+    for (int k = 0; k < f->rank; ++k) f->acc[size_t(r) * f->rank + k] *= c;
   }
-  kv_accumulate(b.v, sc.scores.data(), rows, b.v_basis ? f.acc.data() : acc);
+  kv_accumulate(b.v, scores.data(), rows, b.v_basis ? f->acc.data() : acc);
 }
 
 // acc[r, c] += sum_k f.acc[r, k] basis[c, k] for the rows of one kv head.
@@ -101,8 +105,7 @@ HistoryBlock new_tokens_block(const AttentionShape& shape, const SeqAttention& s
   return b;
 }
 
-void run_item(const AttentionShape& shape, const SeqAttention& sa, const Item& it, Partial& st) {
-  thread_local Scratch scratch;
+void run_item(const AttentionShape& shape, const SeqAttention& sa, const Item& it, Partial& st, Scratch& scratch) {
   const int d = shape.head_dim, G = shape.n_heads / shape.n_kv_heads;
   const int rh = (it.t1 - it.t0) * G;  // rows per kv head
   const int rows = rh * (it.g1 - it.g0);
@@ -120,12 +123,13 @@ void run_item(const AttentionShape& shape, const SeqAttention& sa, const Item& i
   scratch.row_pos.resize(rh);
   for (int r = 0; r < rh; ++r) scratch.row_pos[r] = sa.positions[it.t0 + r / G];
   st.init(rows, d);
-  scratch.factored.assign(size_t(it.g1 - it.g0), FactoredSums{});
+  std::vector<FactoredSums> factored;  // [kv heads of the item] once a factored block is seen
   auto fold = [&](const HistoryBlock& b, int g, const int32_t* row_pos) {
     const int r0 = (g - it.g0) * rh;
-    accumulate_block(b, rh, row_pos, d, scratch.q.data() + size_t(r0) * d, scratch,
-                     scratch.factored[size_t(g - it.g0)], st.m.data() + r0, st.l.data() + r0,
-                     st.acc.data() + size_t(r0) * d);
+    if (b.v_basis && factored.empty()) factored.resize(size_t(it.g1 - it.g0));
+    FactoredSums* f = factored.empty() ? nullptr : &factored[size_t(g - it.g0)];
+    accumulate_block(b, rh, row_pos, d, scratch.q.data() + size_t(r0) * d, scratch.scores, f, st.m.data() + r0,
+                     st.l.data() + r0, st.acc.data() + size_t(r0) * d);
   };
 
   // History blocks, each block's kv heads one after the other: a block page front to back (the
@@ -139,9 +143,8 @@ void run_item(const AttentionShape& shape, const SeqAttention& sa, const Item& i
     const int j1 = std::min(sa.n_new, j0 + kNewKeyTile);
     for (int g = it.g0; g < it.g1; ++g) fold(new_tokens_block(shape, sa, g, j0, j1), g, scratch.row_pos.data());
   }
-  for (int g = it.g0; g < it.g1; ++g) {
-    const FactoredSums& f = scratch.factored[size_t(g - it.g0)];
-    if (f.basis) apply_basis(f, rh, d, st.acc.data() + size_t((g - it.g0) * rh) * d);
+  for (size_t i = 0; i < factored.size(); ++i) {
+    if (factored[i].basis) apply_basis(factored[i], rh, d, st.acc.data() + i * size_t(rh) * d);
   }
 }
 
@@ -229,8 +232,13 @@ void attend(const AttentionShape& shape, std::span<const SeqAttention> seqs, int
     }
   }
   std::vector<Partial> partial(items.size());
+  // Per thread, for this call only: nothing stays allocated between calls (the caches' byte
+  // accounting is checked against the heap).
+  std::vector<Scratch> scratch(static_cast<size_t>(omp_get_max_threads()));
 #pragma omp parallel for schedule(dynamic, 1)
-  for (size_t i = 0; i < items.size(); ++i) run_item(shape, seqs[items[i].s], items[i], partial[i]);
+  for (size_t i = 0; i < items.size(); ++i) {
+    run_item(shape, seqs[items[i].s], items[i], partial[i], scratch[size_t(omp_get_thread_num())]);
+  }
 
   for (size_t i = 0; i < items.size(); ++i) {
     const Item& it = items[i];

@@ -118,6 +118,7 @@ StatusOr<DecodeEvalResult> run_decode_eval(const Model& model, const std::string
     lane.run.memory = lane.cache->memory();
     for (int w = 0; w < W; ++w) {
       lane.run.values_represented += int64_t(lane.cache->seq_length(w)) * model.config().n_layers * kv_dim * 2;
+      lane.run.prompt_values += int64_t(config.prefill) * model.config().n_layers * kv_dim * 2;
     }
     if (i == 0) result.reference = lane.run;
     else result.runs.push_back(lane.run);
@@ -145,6 +146,7 @@ JsonObject DecodeEvalResult::to_json(const PolicyRun& run) const {
       .add("top1_agree", run.scores.top1_rate())
       .add("kv_bytes", run.memory.kv_bytes())
       .add("kv_bytes_f16", int64_t(f16_bytes))
+      .add("prompt_kv_bytes_f16", 2 * run.prompt_values)
       .add("bits_per_value", 8.0 * kv_bytes / double(run.values_represented))
       .add("compression_vs_f16", f16_bytes / kv_bytes)
       .add("decode_tokens_per_s", tps)

@@ -36,6 +36,7 @@ struct PolicyRun {
   double prefill_seconds = 0;
   MemoryReport memory;            // at the end, all windows
   int64_t values_represented = 0;  // K and V scalars of every token written, all layers
+  int64_t prompt_values = 0;       // the same for the prefilled tokens alone
 };
 
 struct DecodeEvalResult {
