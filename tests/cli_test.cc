@@ -84,6 +84,15 @@ TEST(CliTest, UnknownPolicyAndBadParameter) {
                  "unknown key 'bits'");
   expect_failure({"generate", "--model", "stories260k", "--prompt", "Hi", "--policy", "L0-9=full"},
                  "outside the model's layers L0-4");
+  // xkv on stories260K (5 layers, kv_dim 32).
+  expect_failure({"eval", "--model", "stories260k", "--text", text, "--policy", "xkv:rank_k=0"}, "rank_k");
+  expect_failure({"eval", "--model", "stories260k", "--text", text, "--policy", "xkv:group=2,rank_k=65,rank_v=8"},
+                 "rank 65 is above the group width 64");
+  expect_failure({"eval", "--model", "stories260k", "--text", text, "--policy", "xkv:group=6,rank_k=8,rank_v=8"},
+                 "group 6 is larger than the layer range (5 layers)");
+  expect_failure({"eval", "--model", "stories260k", "--text", text, "--policy",
+                  "xkv:group=2,rank_k=8,rank_v=8,short_group=off"},
+                 "5 layers are not a multiple of group 2");
 }
 
 TEST(CliTest, ContextLongerThanTheModel) {
