@@ -48,6 +48,8 @@ def main(out_png, paths):
             label = r["policy"].split(",")[0]
             group = 0
         points.append((group, prompt, r["rel_ppl"], r["kld_mean"], label))
+        if name != "xkv":
+            kv = {}
         print(f"| `{r['policy']}` | {kv.get('group', '-')} | {kv.get('rank_k', '-')} / {kv.get('rank_v', '-')} | "
               f"{prompt:.2f}x | {r['compression_vs_f16']:.2f}x | {100 * r['rel_ppl']:+.2f}% | "
               f"{r['kld_mean']:.4f} | {100 * r['top1_agree']:.1f}% |")
