@@ -1,6 +1,10 @@
 // End-to-end decoder throughput: prefill and decode tokens/s for stories260K and SmolLM2-135M,
 // batch 1 and 8, contexts 512 and 2048 (stories260K: 512 only, its trained context), with the
-// full f16 cache.
+// full f16 cache. Other caches and contexts (SmolLM2 only), all in one run, batch 1 and 8 each:
+//
+//   build/bin/decoder_bench --cache=full:dtype=f16 --cache=xkv:group=4,rank_k=128,rank_v=192 --context=4096
+//
+// A prefill's time includes whatever the cache does when it is written (xKV: the factorization).
 //
 // Decode is memory-bound: every step reads all weights (f32) and the cache once. Each decode case
 // reports bytes_per_step (weights + cache bytes held), the achieved GB/s and bw_fraction = achieved
@@ -10,6 +14,9 @@
 //
 //   build/bin/decoder_bench [--benchmark_format=json]
 #include <benchmark/benchmark.h>
+
+#include <cstdio>
+#include <cstdlib>
 
 #include <map>
 #include <memory>
@@ -23,7 +30,7 @@
 namespace kvlab {
 namespace {
 
-constexpr const char* kCacheSpec = "full:dtype=f16";
+constexpr const char* kDefaultCache = "full:dtype=f16";
 
 double stream_gbps() {
   static const double bw = measure_read_bandwidth_gbps();
@@ -50,12 +57,13 @@ std::vector<int32_t> text_tokens(const Model& m, int n) {
 }
 
 // Caches prefilled by the prefill benchmark, reused by the decode benchmark of the same shape.
-std::map<std::tuple<std::string, int, int>, std::unique_ptr<KvCache>>& prefilled() {
-  static std::map<std::tuple<std::string, int, int>, std::unique_ptr<KvCache>> caches;
+using CaseKey = std::tuple<std::string, std::string, int, int>;  // cache spec, model, context, batch
+std::map<CaseKey, std::unique_ptr<KvCache>>& prefilled() {
+  static std::map<CaseKey, std::unique_ptr<KvCache>> caches;
   return caches;
 }
 
-void BM_Prefill(benchmark::State& state, std::string alias, int ctx, int batch) {
+void BM_Prefill(benchmark::State& state, std::string spec, std::string alias, int ctx, int batch) {
   const Model* m = model(alias);
   if (!m) return state.SkipWithError(("model " + alias + " not found (scripts/fetch_models.sh)").c_str());
   const std::vector<int32_t> ids = text_tokens(*m, ctx * batch);
@@ -63,7 +71,9 @@ void BM_Prefill(benchmark::State& state, std::string alias, int ctx, int batch) 
   std::vector<float> logits;
   for (auto _ : state) {
     state.PauseTiming();
-    cache = m->make_cache(kCacheSpec, batch).value();
+    auto made = m->make_cache(spec, batch);
+    if (!made.ok()) return state.SkipWithError(made.status().to_string().c_str());
+    cache = std::move(made).value();
     std::vector<SeqInput> in;
     for (int b = 0; b < batch; ++b) in.push_back({b, std::span<const int32_t>(&ids[size_t(b) * ctx], size_t(ctx))});
     state.ResumeTiming();
@@ -80,15 +90,17 @@ void BM_Prefill(benchmark::State& state, std::string alias, int ctx, int batch) 
   state.counters["stream_GBps"] = stream_gbps();
   state.counters["bw_fraction"] =
       benchmark::Counter(bytes * 1e-9 / stream_gbps(), benchmark::Counter::kIsIterationInvariantRate);
-  prefilled()[{alias, ctx, batch}] = std::move(cache);
+  prefilled()[{spec, alias, ctx, batch}] = std::move(cache);
 }
 
-void BM_Decode(benchmark::State& state, std::string alias, int ctx, int batch) {
+void BM_Decode(benchmark::State& state, std::string spec, std::string alias, int ctx, int batch) {
   const Model* m = model(alias);
   if (!m) return state.SkipWithError(("model " + alias + " not found (scripts/fetch_models.sh)").c_str());
-  auto& slot = prefilled()[{alias, ctx, batch}];
+  auto& slot = prefilled()[{spec, alias, ctx, batch}];
   if (!slot) {
-    slot = m->make_cache(kCacheSpec, batch).value();
+    auto made = m->make_cache(spec, batch);
+    if (!made.ok()) return state.SkipWithError(made.status().to_string().c_str());
+    slot = std::move(made).value();
     const std::vector<int32_t> ids = text_tokens(*m, ctx * batch);
     std::vector<SeqInput> in;
     for (int b = 0; b < batch; ++b) in.push_back({b, std::span<const int32_t>(&ids[size_t(b) * ctx], size_t(ctx))});
@@ -120,21 +132,31 @@ void BM_Decode(benchmark::State& state, std::string alias, int ctx, int batch) {
       benchmark::Counter(bytes * 1e-9 / stream_gbps(), benchmark::Counter::kIsIterationInvariantRate);
 }
 
-void register_all() {
+// caches / contexts: the --cache= / --context= options (none: the default shapes).
+void register_all(std::vector<std::string> caches, const std::vector<int>& contexts) {
   struct Shape {
-    const char* alias;
+    std::string alias;
     int ctx;
   };
-  for (const Shape& s : {Shape{"stories260k", 512}, Shape{"smollm2-135m", 512}, Shape{"smollm2-135m", 2048}}) {
-    for (int batch : {1, 8}) {
-      const std::string suffix = std::string(s.alias) + "/ctx:" + std::to_string(s.ctx) + "/b:" + std::to_string(batch);
-      const bool big = std::string(s.alias) != "stories260k";
-      auto* p = benchmark::RegisterBenchmark(("prefill/" + suffix).c_str(), BM_Prefill, s.alias, s.ctx, batch);
-      p->Unit(benchmark::kMillisecond)->UseRealTime();
-      if (big) p->Iterations(1);
-      auto* d = benchmark::RegisterBenchmark(("decode/" + suffix).c_str(), BM_Decode, s.alias, s.ctx, batch);
-      d->Unit(benchmark::kMillisecond)->UseRealTime();
-      if (big) d->MinTime(2.0);
+  std::vector<Shape> shapes = {{"stories260k", 512}, {"smollm2-135m", 512}, {"smollm2-135m", 2048}};
+  if (!contexts.empty()) {
+    shapes.clear();
+    for (int c : contexts) shapes.push_back({"smollm2-135m", c});
+  }
+  if (caches.empty()) caches = {kDefaultCache};
+  for (const std::string& spec : caches) {
+    for (const Shape& s : shapes) {
+      for (int batch : {1, 8}) {
+        std::string suffix = s.alias + "/ctx:" + std::to_string(s.ctx) + "/b:" + std::to_string(batch);
+        if (caches.size() > 1 || spec != kDefaultCache) suffix += "/" + spec;
+        const bool big = s.alias != "stories260k";
+        auto* p = benchmark::RegisterBenchmark(("prefill/" + suffix).c_str(), BM_Prefill, spec, s.alias, s.ctx, batch);
+        p->Unit(benchmark::kMillisecond)->UseRealTime();
+        if (big) p->Iterations(1);
+        auto* d = benchmark::RegisterBenchmark(("decode/" + suffix).c_str(), BM_Decode, spec, s.alias, s.ctx, batch);
+        d->Unit(benchmark::kMillisecond)->UseRealTime();
+        if (big) d->MinTime(2.0);
+      }
     }
   }
 }
@@ -143,11 +165,31 @@ void register_all() {
 }  // namespace kvlab
 
 int main(int argc, char** argv) {
+  // Our options first (Google Benchmark rejects what it does not know).
+  std::vector<std::string> caches;
+  std::vector<int> contexts;
+  int kept = 1;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a.rfind("--cache=", 0) == 0) {
+      caches.push_back(a.substr(8));
+    } else if (a.rfind("--context=", 0) == 0) {
+      char* end = nullptr;
+      const long c = std::strtol(a.c_str() + 10, &end, 10);
+      if (*end != '\0' || c < 2 || c > 1 << 20) {
+        std::fprintf(stderr, "decoder_bench: --context wants a token count >= 2 (got %s)\n", a.c_str() + 10);
+        return 2;
+      }
+      contexts.push_back(int(c));
+    } else {
+      argv[kept++] = argv[i];
+    }
+  }
+  argc = kept;
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::AddCustomContext("stream_read_GBps", std::to_string(kvlab::stream_gbps()));
-  benchmark::AddCustomContext("cache", kvlab::kCacheSpec);
-  kvlab::register_all();
+  kvlab::register_all(caches, contexts);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

@@ -4,19 +4,22 @@
 // layer has attended; then, per sequence, the group's keys X = [K_l0 | ... ] (tokens x G C) are
 // factorized into a shared token basis A_K (tokens x r_K) and per-layer blocks B_K,l (r_K x C)
 // (kvcache/xkv.h), the same for the values, and the exact copies are freed. Only A and B are kept
-// for the prompt, in `dtype`. Tokens written later (decode, or any later forward) are stored
-// densely in `dtype` and never refactorized, as in the paper.
+// for the prompt, in `dtype`, or (factors=int8 / int4) as asymmetric integers in groups of
+// factor_group along the rank with an f16 scale and zero per group, like the newer xKV code's
+// factor quantization (round to nearest, no clipping or rotation). Tokens written later (decode,
+// or any later forward) are stored densely in `dtype` and never refactorized, as in the paper.
 //
 // Attention reads the factors a tile of kTile tokens and one kv head at a time: keys A_K,tile
-// B_K,l (rank-r product, kernels/cpu/matmul.h) rotated at their positions, into a per-thread
-// scratch (kDerived), then the fused f32 kernels; values fold exactly, sum_t p_t A_V,t B_V,l =
-// (sum_t p_t A_V,t) B_V,l: the engine accumulates the coefficients A_V and applies B_V,l once per
-// work item (attention/attend.h, HistoryBlock::v_basis; B_V kept in f32 as kDerived for it). No
-// full-precision copy of a layer's history exists at any time.
+// B_K,l (rank-r product by the fused score kernel, reading A in its stored format) rotated at
+// their positions, into a per-thread scratch (kDerived), then the fused f32 kernels; values fold
+// exactly, sum_t p_t A_V,t B_V,l = (sum_t p_t A_V,t) B_V,l: the engine accumulates the stored
+// coefficients A_V with the fused value kernel and applies B_V,l once per work item
+// (attention/attend.h, HistoryBlock::v_basis). B_K and B_V are also kept in f32 as kDerived for
+// these two products. No full-precision copy of a layer's history exists at any time.
 //
-// Bytes (kv_bytes): A_K, A_V under kPayload, the B blocks under kMeta (per sequence: the SVD is
-// per prompt), the dense tokens under kExact, the prompt's exact copies while a group is open
-// under kExact too (freed when it closes).
+// Bytes (kv_bytes): A_K, A_V under kPayload, the B blocks and the scales and zeros of quantized
+// factors under kMeta (B is per sequence: the SVD is per prompt), the dense tokens under kExact,
+// the prompt's exact copies while a group is open under kExact too (freed when it closes).
 #include <omp.h>
 
 #include <algorithm>
@@ -24,6 +27,8 @@
 
 #include "base/check.h"
 #include "base/half.h"
+#include "kernels/cpu/kv_attention.h"
+#include "kernels/cpu/kv_quantize.h"
 #include "kernels/cpu/matmul.h"
 #include "kvcache/formats.h"
 #include "kvcache/policies/batch_attention.h"
@@ -41,61 +46,103 @@ struct XkvConfig {
   int group = 4;
   int rank_k = 64, rank_v = 96;  // per group
   int min_tokens = 1;
-  KvFormat dtype = KvFormat::kF16;  // kF32 or kF16: factors and dense tokens
+  KvFormat dtype = KvFormat::kF16;  // kF32 or kF16: the dense tokens, and the factors unless quantized
 };
 
-// f32 values stored as f32 or f16 bytes.
-class Stored {
+// Rows of r f32 values (A's tokens, or B^T's channels) in the factor format: kF32 / kF16, or
+// kIntToken (asymmetric integers in groups of `group` along the row, f16 scale and zero per
+// group: kernels/cpu/kv_format.h), so that the fused kernels read them straight from the bytes.
+// Codes under the owner's kind, scales and zeros under kMeta.
+struct FactorFormat {
+  KvFormat format = KvFormat::kF16;
+  int bits = 0, group = 0;  // kIntToken
+  bool quantized() const { return format == KvFormat::kIntToken; }
+};
+
+class FactorRows {
  public:
-  Stored(MemoryLedger* ledger, MemoryKind kind, KvFormat f) : f16_(f == KvFormat::kF16), bytes_(tracked<uint8_t>(ledger, kind)) {}
-  void assign(const float* x, size_t n) {
-    bytes_.resize(n * esize());
-    if (f16_) {
-      auto* h = reinterpret_cast<uint16_t*>(bytes_.data());
-      for (size_t i = 0; i < n; ++i) h[i] = f32_to_f16(x[i]);
-    } else {
-      std::copy_n(reinterpret_cast<const uint8_t*>(x), n * 4, bytes_.data());
+  FactorRows(MemoryLedger* ledger, MemoryKind kind, FactorFormat f)
+      : f_(f), data_(tracked<uint8_t>(ledger, kind)), scale_(tracked<uint16_t>(ledger, MemoryKind::kMeta)),
+        zero_(tracked<uint16_t>(ledger, MemoryKind::kMeta)) {}
+  // x: [rows, r] row-major; r a multiple of the group if quantized.
+  void assign(const float* x, int rows, int r) {
+    KVLAB_CHECK(!f_.quantized() || r % f_.group == 0);
+    r_ = r;
+    data_.resize(size_t(rows) * row_bytes());
+    scale_.resize(size_t(rows) * groups());
+    zero_.resize(scale_.size());
+    for (int i = 0; i < rows; ++i) {
+      quantize_token(f_.format, f_.bits, f_.group, x + size_t(i) * r, r, data_.data() + size_t(i) * row_bytes(),
+                     f_.quantized() ? &scale_[size_t(i) * groups()] : nullptr,
+                     f_.quantized() ? &zero_[size_t(i) * groups()] : nullptr);
     }
   }
-  // Elements [first, first + n) as f32.
-  void read(size_t first, size_t n, float* out) const {
-    if (f16_) {
-      const auto* h = reinterpret_cast<const uint16_t*>(bytes_.data()) + first;
-      for (size_t i = 0; i < n; ++i) out[i] = f16_to_f32(h[i]);
-    } else {
-      std::copy_n(reinterpret_cast<const float*>(bytes_.data()) + first, n, out);
-    }
+  // Rows [first, first + n) as a block of n "tokens" of r channels.
+  KvBlock block(int first, int n) const {
+    const size_t g = size_t(first) * groups();
+    return KvBlock{.format = f_.format, .n = n, .d = r_, .bits = f_.bits, .group = f_.group,
+                   .data = data_.data() + size_t(first) * row_bytes(), .stride = int64_t(row_bytes()),
+                   .scale = f_.quantized() ? scale_.data() + g : nullptr,
+                   .zero = f_.quantized() ? zero_.data() + g : nullptr};
   }
-  size_t size() const { return bytes_.size() / esize(); }
-  void truncate(size_t n) {  // and gives the dropped bytes back
-    bytes_.resize(std::min(size(), n) * esize());
-    bytes_.shrink_to_fit();
+  void read(int first, int n, float* out) const { dequantize_block(block(first, n), out); }  // [n, r]
+  int rows() const { return r_ == 0 ? 0 : int(data_.size() / row_bytes()); }
+  void truncate(int rows) {  // and gives the dropped bytes back
+    rows = std::min(rows, this->rows());
+    data_.resize(size_t(rows) * row_bytes());
+    scale_.resize(size_t(rows) * groups());
+    zero_.resize(scale_.size());
+    data_.shrink_to_fit();
+    scale_.shrink_to_fit();
+    zero_.shrink_to_fit();
   }
-  void release() { TrackedVector<uint8_t>(bytes_.get_allocator()).swap(bytes_); }
-  const TrackedVector<uint8_t>& bytes() const { return bytes_; }
-  TrackedVector<uint8_t>& bytes() { return bytes_; }
+  void release() {
+    TrackedVector<uint8_t>(data_.get_allocator()).swap(data_);
+    TrackedVector<uint16_t>(scale_.get_allocator()).swap(scale_);
+    TrackedVector<uint16_t>(zero_.get_allocator()).swap(zero_);
+    r_ = 0;
+  }
+  void save(BinaryWriter& out) const {
+    out.put_array(data_.data(), data_.size());
+    out.put_array(scale_.data(), scale_.size());
+    out.put_array(zero_.data(), zero_.size());
+  }
+  Status load(BinaryReader& in, int rows, int r) {
+    release();
+    r_ = r;
+    KVLAB_RETURN_IF_ERROR(in.get_array(&data_, int64_t(rows) * int64_t(row_bytes())));
+    KVLAB_RETURN_IF_ERROR(in.get_array(&scale_, int64_t(rows) * groups()));
+    return in.get_array(&zero_, int64_t(rows) * groups());
+  }
 
  private:
-  size_t esize() const { return f16_ ? 2 : 4; }
-  bool f16_;
-  TrackedVector<uint8_t> bytes_;
+  size_t row_bytes() const {
+    return f_.quantized() ? size_t(packed_bytes(r_, f_.bits)) : size_t(r_) * (f_.format == KvFormat::kF16 ? 2 : 4);
+  }
+  int groups() const { return f_.quantized() ? r_ / f_.group : 0; }
+  FactorFormat f_;
+  int r_ = 0;
+  TrackedVector<uint8_t> data_;
+  TrackedVector<uint16_t> scale_, zero_;
 };
 
 class XkvPolicy final : public Policy {
  public:
-  XkvPolicy(const PolicyContext& ctx, const XkvConfig& cfg) : Policy(ctx), cfg_(cfg) {
+  XkvPolicy(const PolicyContext& ctx, const XkvConfig& cfg, FactorFormat factors)
+      : Policy(ctx), cfg_(cfg), factors_(factors) {
     const KvGeometry& g = ctx.geometry;
     const int n_layers = ctx.last_layer - ctx.first_layer + 1;
     n_groups_ = (n_layers + cfg.group - 1) / cfg.group;
     for (int gi = 0; gi < n_groups_; ++gi) {
       for (int s = 0; s < ctx.max_seqs; ++s) {
-        groups_.push_back(Group{0, 0, 0, Stored(ctx.ledger, MemoryKind::kPayload, cfg.dtype),
-                                Stored(ctx.ledger, MemoryKind::kPayload, cfg.dtype), {}, {}, {}});
+        groups_.push_back(Group{0, 0, 0, FactorRows(ctx.ledger, MemoryKind::kPayload, factors),
+                                FactorRows(ctx.ledger, MemoryKind::kPayload, factors), {}, {}, {}, {}});
         Group& gr = groups_.back();
         for (int i = 0; i < layers_in(gi); ++i) {
-          gr.bk.emplace_back(ctx.ledger, MemoryKind::kMeta, cfg.dtype);
-          gr.bv.emplace_back(ctx.ledger, MemoryKind::kMeta, cfg.dtype);
-          gr.bv_basis.push_back(tracked<float>(ctx.ledger, MemoryKind::kDerived));
+          gr.bk.emplace_back(ctx.ledger, MemoryKind::kMeta, factors);
+          gr.bv.emplace_back(ctx.ledger, MemoryKind::kMeta, factors);
+          gr.bk_f32.push_back(tracked<float>(ctx.ledger, MemoryKind::kDerived));
+          gr.bv_f32.push_back(tracked<float>(ctx.ledger, MemoryKind::kDerived));
         }
       }
     }
@@ -147,8 +194,8 @@ class XkvPolicy final : public Policy {
       Group& gr = group(gi, seq);
       if (n < gr.n) {  // the basis is per token: keeping the first rows keeps those tokens exactly
         gr.n = n;
-        gr.ak.truncate(size_t(n) * gr.rk);
-        gr.av.truncate(size_t(n) * gr.rv);
+        gr.ak.truncate(n);
+        gr.av.truncate(n);
       }
       for (int i = 0; i < layers_in(gi); ++i) {
         Slot& sl = slot(first_of(gi) + i, seq);
@@ -180,10 +227,10 @@ class XkvPolicy final : public Policy {
     for (int t0 = 0; t0 < gr.n; t0 += kTile) {
       const int nt = std::min(kTile, gr.n - t0);
       for (int h = 0; h < ctx_.geometry.n_kv_heads; ++h) {
-        std::vector<float> kh(size_t(nt) * d), vh(kh.size()), tiles(key_tile_floats(layer, seq, nt));
+        std::vector<float> kh(size_t(nt) * d), vh(kh.size()), transposed(kh.size());
         std::vector<float> coeffs(size_t(nt) * gr.rv);
-        reconstruct_keys(layer, seq, t0, nt, h, kh.data(), tiles.data());
-        gr.av.read(size_t(t0) * gr.rv, coeffs.size(), coeffs.data());
+        reconstruct_keys(layer, seq, t0, nt, h, kh.data(), transposed.data());
+        gr.av.read(t0, nt, coeffs.data());
         matmul(coeffs.data(), nt, gr.rv, value_basis(layer, seq, h), d, vh.data());
         for (int t = 0; t < nt; ++t) {
           std::copy_n(&kh[size_t(t) * d], d, &c.k[size_t(t0 + t) * C + size_t(h) * d]);
@@ -206,7 +253,9 @@ class XkvPolicy final : public Policy {
         out.put<int32_t>(gr.n);
         out.put<int32_t>(gr.rk);
         out.put<int32_t>(gr.rv);
-        for (const Stored* st : all_factors(gr)) out.put_array(st->bytes().data(), st->bytes().size());
+        if (gr.n > 0) {
+          for (const FactorRows* f : all_factors(gr)) f->save(out);
+        }
       }
     }
     for (int l = ctx_.first_layer; l <= ctx_.last_layer; ++l) {
@@ -220,7 +269,6 @@ class XkvPolicy final : public Policy {
   Status load(BinaryReader& in) override {
     KVLAB_RETURN_IF_ERROR(in.expect_version(kStateVersion, "xkv state"));
     const int C = ctx_.geometry.kv_dim();
-    const size_t esize = cfg_.dtype == KvFormat::kF16 ? 2 : 4;
     for (int gi = 0; gi < n_groups_; ++gi) {
       for (int s = 0; s < ctx_.max_seqs; ++s) {
         Group& gr = group(gi, s);
@@ -231,18 +279,20 @@ class XkvPolicy final : public Policy {
         KVLAB_RETURN_IF_ERROR(in.get(&rv));
         const int width = layers_in(gi) * C;
         if (n < 0 || n > ctx_.geometry.max_seq_len || rk < 0 || rk > std::min(cfg_.rank_k, width) || rv < 0 ||
-            rv > std::min(cfg_.rank_v, width) || (n > 0) != (rk > 0 && rv > 0)) {
+            rv > std::min(cfg_.rank_v, width) || (n > 0) != (rk > 0 && rv > 0) ||
+            (factors_.quantized() && (rk % factors_.group != 0 || rv % factors_.group != 0))) {
           return data_loss(in.what() + ": xkv factors of " + std::to_string(n) + " tokens, ranks " +
                            std::to_string(rk) + " / " + std::to_string(rv));
         }
         gr.n = n, gr.rk = rk, gr.rv = rv;
-        std::vector<int64_t> sizes = {int64_t(n) * rk, int64_t(n) * rv};
-        for (int i = 0; i < layers_in(gi); ++i) sizes.push_back(int64_t(C) * rk), sizes.push_back(int64_t(C) * rv);
-        std::vector<Stored*> factors = all_factors(gr);
-        for (size_t i = 0; i < factors.size(); ++i) {
-          KVLAB_RETURN_IF_ERROR(in.get_array(&factors[i]->bytes(), sizes[i] * int64_t(esize)));
+        if (n == 0) continue;
+        KVLAB_RETURN_IF_ERROR(gr.ak.load(in, n, rk));
+        KVLAB_RETURN_IF_ERROR(gr.av.load(in, n, rv));
+        for (int i = 0; i < layers_in(gi); ++i) {
+          KVLAB_RETURN_IF_ERROR(gr.bk[size_t(i)].load(in, C, rk));
+          KVLAB_RETURN_IF_ERROR(gr.bv[size_t(i)].load(in, C, rv));
         }
-        make_value_bases(gr);
+        make_f32_bases(gr);
       }
     }
     for (int l = ctx_.first_layer; l <= ctx_.last_layer; ++l) {
@@ -261,11 +311,13 @@ class XkvPolicy final : public Policy {
  private:
   // One group of layers and one sequence: the prompt's factors. A: [n, r] token-major; B of
   // layer i of the group stored transposed, [C, r] (kv head h's rows are h d .. (h + 1) d - 1).
+  // The B blocks are also kept in f32 (kDerived, G C (rk + rv) floats): the queries of the key
+  // reconstruction and the engine's value basis.
   struct Group {
     int n = 0, rk = 0, rv = 0;
-    Stored ak, av;
-    std::vector<Stored> bk, bv;                  // [layers in the group]
-    std::vector<TrackedVector<float>> bv_basis;  // bv in f32 (kDerived): the engine's value basis
+    FactorRows ak, av;
+    std::vector<FactorRows> bk, bv;                        // [layers in the group]
+    std::vector<TrackedVector<float>> bk_f32, bv_f32;      // [layers in the group]
   };
   struct Slot {
     TokenRing dense;                              // tokens after the prompt, keys post-RoPE
@@ -290,20 +342,17 @@ class XkvPolicy final : public Policy {
         hb.first_pos = n_ + first;
         return hb;
       }
-      // Keys reconstructed and rotated; values as their coefficients A_V with the basis B_V,l
-      // (the engine applies it once per work item).
+      // Keys reconstructed and rotated; values as their coefficients A_V, read from the stored
+      // bytes, with the basis B_V,l (the engine applies it once per work item).
       const int d = p_->ctx_.geometry.head_dim, t0 = b * kTile, nt = std::min(kTile, n_ - t0);
       const Group& gr = p_->group(p_->group_of(layer_), seq_);
       TrackedVector<float>& scratch = p_->scratch_[size_t(omp_get_thread_num())];
-      const size_t k_floats = size_t(kTile) * d, v_floats = size_t(kTile) * gr.rv;
-      const size_t need = k_floats + v_floats + p_->key_tile_floats(layer_, seq_, kTile);
-      if (scratch.size() < need) scratch.resize(need);
+      const size_t k_floats = size_t(kTile) * d;
+      if (scratch.size() < 2 * k_floats) scratch.resize(2 * k_floats);
       float* k = scratch.data();
-      float* coeffs = k + k_floats;
-      p_->reconstruct_keys(layer_, seq_, t0, nt, kv_head, k, coeffs + v_floats);
-      gr.av.read(size_t(t0) * gr.rv, size_t(nt) * gr.rv, coeffs);
+      p_->reconstruct_keys(layer_, seq_, t0, nt, kv_head, k, k + k_floats);
       hb.k = f32_block(k, nt, d, d);
-      hb.v = f32_block(coeffs, nt, gr.rv, gr.rv);
+      hb.v = gr.av.block(t0, nt);
       hb.v_basis = p_->value_basis(layer_, seq_, kv_head);
       hb.first_pos = t0;
       return hb;
@@ -323,32 +372,37 @@ class XkvPolicy final : public Policy {
   const Slot& slot(int layer, int seq) const { return slots_[size_t(layer - ctx_.first_layer) * ctx_.max_seqs + seq]; }
   Group& group(int gi, int seq) { return groups_[size_t(gi) * ctx_.max_seqs + seq]; }
   const Group& group(int gi, int seq) const { return groups_[size_t(gi) * ctx_.max_seqs + seq]; }
-  static std::vector<Stored*> all_factors(Group& gr) {
-    std::vector<Stored*> f = {&gr.ak, &gr.av};
-    for (size_t i = 0; i < gr.bk.size(); ++i) f.push_back(&gr.bk[i]), f.push_back(&gr.bv[i]);
-    return f;
-  }
-  static std::vector<const Stored*> all_factors(const Group& gr) {
-    std::vector<const Stored*> f = {&gr.ak, &gr.av};
+  // A, then each layer's B_K and B_V: the order of the saved state.
+  static std::vector<const FactorRows*> all_factors(const Group& gr) {
+    std::vector<const FactorRows*> f = {&gr.ak, &gr.av};
     for (size_t i = 0; i < gr.bk.size(); ++i) f.push_back(&gr.bk[i]), f.push_back(&gr.bv[i]);
     return f;
   }
   static void clear_group(Group& gr) {
     gr.n = gr.rk = gr.rv = 0;
-    for (Stored* s : all_factors(gr)) s->release();
-    for (auto& b : gr.bv_basis) TrackedVector<float>(b.get_allocator()).swap(b);
-  }
-  // The f32 value bases of a group from its stored B_V (after a factorization or a load).
-  void make_value_bases(Group& gr) {
-    for (size_t i = 0; i < gr.bv.size(); ++i) {
-      gr.bv_basis[i].resize(gr.bv[i].size());
-      gr.bv[i].read(0, gr.bv[i].size(), gr.bv_basis[i].data());
+    for (const FactorRows* f : all_factors(gr)) const_cast<FactorRows*>(f)->release();
+    for (auto* bases : {&gr.bk_f32, &gr.bv_f32}) {
+      for (auto& b : *bases) TrackedVector<float>(b.get_allocator()).swap(b);
     }
   }
-  // Kv head h's value basis in `layer`: B_V,l^T rows h d .. (h + 1) d - 1, [d, rv].
+  // The f32 copies of a group's stored B blocks (after a factorization or a load).
+  void make_f32_bases(Group& gr) {
+    const int C = ctx_.geometry.kv_dim();
+    for (size_t i = 0; i < gr.bk.size(); ++i) {
+      gr.bk_f32[i].resize(size_t(C) * gr.rk);
+      gr.bk[i].read(0, C, gr.bk_f32[i].data());
+      gr.bv_f32[i].resize(size_t(C) * gr.rv);
+      gr.bv[i].read(0, C, gr.bv_f32[i].data());
+    }
+  }
+  // Kv head h's rows of B_K,l^T or B_V,l^T in `layer`: rows h d .. (h + 1) d - 1, [d, r].
+  const float* key_basis(int layer, int seq, int h) const {
+    const Group& gr = group(group_of(layer), seq);
+    return gr.bk_f32[size_t(layer - first_of(group_of(layer)))].data() + size_t(h) * ctx_.geometry.head_dim * gr.rk;
+  }
   const float* value_basis(int layer, int seq, int h) const {
     const Group& gr = group(group_of(layer), seq);
-    return gr.bv_basis[size_t(layer - first_of(group_of(layer)))].data() + size_t(h) * ctx_.geometry.head_dim * gr.rv;
+    return gr.bv_f32[size_t(layer - first_of(group_of(layer)))].data() + size_t(h) * ctx_.geometry.head_dim * gr.rv;
   }
 
   // The group's prompt (every layer's pending tokens) -> A, B; the exact copies are freed.
@@ -365,18 +419,23 @@ class XkvPolicy final : public Policy {
         for (int t = 0; t < n; ++t) std::copy_n(&p[size_t(t) * C], C, &x[size_t(t) * width + size_t(i) * C]);
       }
       const LowRankFactors f = factorize_low_rank(x.data(), n, width, width, side == 0 ? cfg_.rank_k : cfg_.rank_v);
-      (side == 0 ? gr.ak : gr.av).assign(f.a.data(), f.a.size());
-      (side == 0 ? gr.rk : gr.rv) = f.rank;
-      std::vector<float> bt(size_t(C) * f.rank);  // B_l transposed: [C, r]
+      // Quantized factors need whole groups along the rank: a guarded rank (short prompt) is
+      // padded with zero columns of A and zero rows of B, which add nothing to the product.
+      const int r = factors_.quantized() ? (f.rank + factors_.group - 1) / factors_.group * factors_.group : f.rank;
+      std::vector<float> a(size_t(n) * r, 0.0f);
+      for (int t = 0; t < n; ++t) std::copy_n(&f.a[size_t(t) * f.rank], f.rank, &a[size_t(t) * r]);
+      (side == 0 ? gr.ak : gr.av).assign(a.data(), n, r);
+      (side == 0 ? gr.rk : gr.rv) = r;
+      std::vector<float> bt(size_t(C) * r, 0.0f);  // B_l transposed: [C, r]
       for (int i = 0; i < G; ++i) {
-        for (int r = 0; r < f.rank; ++r) {
-          for (int c = 0; c < C; ++c) bt[size_t(c) * f.rank + r] = f.b[size_t(r) * width + size_t(i) * C + c];
+        for (int j = 0; j < f.rank; ++j) {
+          for (int c = 0; c < C; ++c) bt[size_t(c) * r + j] = f.b[size_t(j) * width + size_t(i) * C + c];
         }
-        (side == 0 ? gr.bk : gr.bv)[size_t(i)].assign(bt.data(), bt.size());
+        (side == 0 ? gr.bk : gr.bv)[size_t(i)].assign(bt.data(), C, r);
       }
     }
     gr.n = n;
-    make_value_bases(gr);
+    make_f32_bases(gr);
     for (int i = 0; i < G; ++i) {
       Slot& sl = slot(first_of(gi) + i, seq);
       TrackedVector<float>(sl.pending_k.get_allocator()).swap(sl.pending_k);
@@ -384,26 +443,25 @@ class XkvPolicy final : public Policy {
     }
   }
 
-  // Floats of the factor tiles reconstruct_keys() needs for nt tokens.
-  size_t key_tile_floats(int layer, int seq, int nt) const {
-    return size_t(nt + ctx_.geometry.head_dim) * size_t(group(group_of(layer), seq).rk);
-  }
-
   // Keys of tokens [t0, t0 + nt) of kv head h of `layer`, rotated at their positions,
-  // [nt, head_dim]: A_K rows times the head's rows of B_K,l. tiles: key_tile_floats() of scratch
-  // for the f32 factor tiles (A rows [nt, rk], then B_K,l^T rows [d, rk]).
-  void reconstruct_keys(int layer, int seq, int t0, int nt, int h, float* k, float* tiles) const {
-    const int d = ctx_.geometry.head_dim, i = layer - first_of(group_of(layer));
+  // [nt, head_dim]: A_K rows times the head's rows of B_K,l. The product is the fused score
+  // kernel with A_K's stored rows as the "keys" (n = nt, d = rk) and B_K,l^T's d rows as the
+  // "queries": it reads A in its stored format, and gives the tile transposed, [d, nt], in
+  // `transposed` (scratch of nt * head_dim floats).
+  void reconstruct_keys(int layer, int seq, int t0, int nt, int h, float* k, float* transposed) const {
+    const int d = ctx_.geometry.head_dim;
     const Group& gr = group(group_of(layer), seq);
-    gr.ak.read(size_t(t0) * gr.rk, size_t(nt) * gr.rk, tiles);
-    gr.bk[size_t(i)].read(size_t(h) * d * gr.rk, size_t(d) * gr.rk, tiles + size_t(nt) * gr.rk);
-    matmul(tiles, nt, gr.rk, tiles + size_t(nt) * gr.rk, d, k);
-    std::vector<int32_t> pos(static_cast<size_t>(nt));
-    for (int t = 0; t < nt; ++t) pos[size_t(t)] = t0 + t;
-    ctx_.rope->rotate(k, nt, 1, pos.data());
+    kv_scores(gr.ak.block(t0, nt), key_basis(layer, seq, h), d, transposed);
+    for (int t = 0; t < nt; ++t) {
+      for (int c = 0; c < d; ++c) k[size_t(t) * d + c] = transposed[size_t(c) * nt + t];
+    }
+    int32_t pos[kTile];
+    for (int t = 0; t < nt; ++t) pos[t] = t0 + t;
+    ctx_.rope->rotate(k, nt, 1, pos);
   }
 
   XkvConfig cfg_;
+  FactorFormat factors_;
   int n_groups_ = 0;
   std::vector<Group> groups_;  // [groups, max_seqs]
   std::vector<Slot> slots_;    // [layers, max_seqs]
@@ -423,7 +481,11 @@ PolicyInfo xkv_policy_info() {
       {"short_group", ParamInfo::Kind::kChoice, "on", {"on", "off"}, 0, 0,
        "on: a layer range not a multiple of the group ends with a shorter group (same ranks)"},
       {"min_tokens", ParamInfo::Kind::kInt, "1", {}, 1, 1 << 30, "prompts shorter than this stay dense"},
-      {"dtype", ParamInfo::Kind::kChoice, "f16", {"f32", "f16"}, 0, 0, "storage of the factors and dense tokens"},
+      {"dtype", ParamInfo::Kind::kChoice, "f16", {"f32", "f16"}, 0, 0, "storage of the dense tokens (and of the factors)"},
+      {"factors", ParamInfo::Kind::kChoice, "dtype", {"dtype", "int8", "int4"}, 0, 0,
+       "storage of A and B: as dtype, or asymmetric integers in groups along the rank"},
+      {"factor_group", ParamInfo::Kind::kInt, "32", {}, 2, 1 << 20,
+       "int8 / int4 factors: values per f16 scale and zero (divides both ranks)"},
   };
   info.make = [](const PolicyContext& ctx, const PolicyParams& p) -> StatusOr<std::unique_ptr<Policy>> {
     XkvConfig cfg;
@@ -432,6 +494,16 @@ PolicyInfo xkv_policy_info() {
     cfg.rank_v = p.get_int("rank_v");
     cfg.min_tokens = p.get_int("min_tokens");
     KVLAB_ASSIGN_OR_RETURN(cfg.dtype, parse_dense_format(p.get("dtype")));
+    FactorFormat factors{cfg.dtype, 0, 0};
+    if (p.get("factors") != "dtype") {
+      factors = {KvFormat::kIntToken, p.get("factors") == "int8" ? 8 : 4, p.get_int("factor_group")};
+      for (int r : {cfg.rank_k, cfg.rank_v}) {
+        if (r % factors.group != 0) {
+          return invalid_argument("xkv: rank " + std::to_string(r) + " is not a multiple of factor_group " +
+                                  std::to_string(factors.group) + " (quantized factors need whole groups)");
+        }
+      }
+    }
     const int n_layers = ctx.last_layer - ctx.first_layer + 1, width = cfg.group * ctx.geometry.kv_dim();
     if (cfg.group > n_layers) {
       return invalid_argument("xkv: group " + std::to_string(cfg.group) + " is larger than the layer range (" +
@@ -447,19 +519,24 @@ PolicyInfo xkv_policy_info() {
                                 std::to_string(width) + " (group x kv_dim)");
       }
     }
-    return std::unique_ptr<Policy>(new XkvPolicy(ctx, cfg));
+    return std::unique_ptr<Policy>(new XkvPolicy(ctx, cfg, factors));
   };
   // stories260K (conformance): kv_dim 32, 5 layers (2 in the per-layer mixing test). Ranks 64 =
   // the full width of a group of 2: exact up to the storage; the short last group (layer 4) has
   // width 32 (its ranks guarded). The off setting factorizes nothing.
   info.test_specs = {"xkv:group=2,rank_k=64,rank_v=64,dtype=f32", "xkv:group=2,rank_k=64,rank_v=64",
-                     "xkv:group=2,rank_k=8,rank_v=12", "xkv:group=2,rank_k=8,rank_v=8,min_tokens=1048576,dtype=f32"};
+                     "xkv:group=2,rank_k=8,rank_v=12", "xkv:group=2,rank_k=64,rank_v=64,factors=int8,factor_group=16",
+                     "xkv:group=2,rank_k=8,rank_v=8,min_tokens=1048576,dtype=f32"};
   info.off_spec = "xkv:group=2,rank_k=8,rank_v=8,min_tokens=1048576,dtype=f32";
   info.roundtrip_tolerance = [](const PolicyParams& p) {
     // Below full rank xKV keeps the best rank-r approximation, with no per-element bound (the
     // factorization's own tests check its optimality): the round trip is not checked. At full
     // rank: the rounding of both factors to the storage and of the rank-64 product.
     if (p.get_int("rank_k") < 64 || p.get_int("rank_v") < 64) return 1e30;
+    // int8 factors: each element of K / V is a 64-term sum of products of two factors rounded
+    // to 8 bits in groups; on this suite's Gaussian K / V the largest error measured is 0.0064 of
+    // the largest magnitude (an f16 scale slip or a wrong group would be of order 1).
+    if (p.get("factors") != "dtype") return 0.02;
     return 64 * (dense_relative_error(parse_dense_format(p.get("dtype")).value()) + 0x1p-23);
   };
   return info;
