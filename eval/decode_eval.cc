@@ -32,6 +32,20 @@ Status validate(const Model& model, DecodeEvalConfig& c) {
     return out_of_range("--context " + std::to_string(c.context) + " is longer than the model's maximum context of " +
                         std::to_string(model.config().max_seq_len) + " tokens");
   }
+  if (c.retrieval) {
+    if (c.prefill >= 0) {
+      return invalid_argument("--prefill does not apply to --task retrieval (everything before the second copy is prefilled)");
+    }
+    if (c.passage < 2) return invalid_argument("--passage must be at least 2 tokens (got " + std::to_string(c.passage) + ")");
+    if (c.distance < 0) c.distance = c.context - 1 - 2 * c.passage;
+    if (c.distance < 0 || 1 + 2 * int64_t(c.passage) + c.distance > c.context) {
+      return invalid_argument("--task retrieval: BOS, the passage twice (" + std::to_string(c.passage) +
+                              " tokens each) and the distance between them (" +
+                              std::to_string(c.distance) + ") do not fit in --context " + std::to_string(c.context));
+    }
+    c.context = 1 + 2 * c.passage + c.distance;
+    c.prefill = 1 + c.passage + c.distance;
+  }
   if (c.prefill < 0) c.prefill = c.context / 2;
   if (c.prefill < 1 || c.prefill > c.context - 2) {
     return invalid_argument("--prefill must be in [1, context-2] = [1, " + std::to_string(c.context - 2) + "] (got " +
@@ -61,7 +75,9 @@ StatusOr<DecodeEvalResult> run_decode_eval(const Model& model, const std::string
   KVLAB_ASSIGN_OR_RETURN(std::string text, read_eval_text(text_path));
   progress.note("tokenizing " + text_path + " (" + std::to_string(text.size()) + " bytes)");
   const std::vector<int32_t> tokens = model.tokenizer().encode(text);
-  KVLAB_ASSIGN_OR_RETURN(auto windows, make_windows(tokens, model.tokenizer().bos_id(), N, W));
+  KVLAB_ASSIGN_OR_RETURN(auto windows, config.retrieval ? make_copy_windows(tokens, model.tokenizer().bos_id(),
+                                                                              config.passage, config.distance, W)
+                                                        : make_windows(tokens, model.tokenizer().bos_id(), N, W));
 
   // Prefill: one forward per window and cache.
   for (Lane& lane : lanes) {
@@ -101,7 +117,9 @@ StatusOr<DecodeEvalResult> run_decode_eval(const Model& model, const std::string
         s.tokens += 1;
         s.nll -= lp[size_t(target)];
         s.kld += kl_divergence(ref_lp, lp);
-        s.top1_agree += argmax(row) == ref_top;
+        const int top = argmax(row);
+        s.top1_agree += top == ref_top;
+        s.top1_correct += top == target;
       }
     }
   }
@@ -144,6 +162,8 @@ JsonObject DecodeEvalResult::to_json(const PolicyRun& run) const {
       .add("rel_ppl", run.scores.ppl() / reference.scores.ppl() - 1.0)
       .add("kld_mean", run.scores.kld_mean())
       .add("top1_agree", run.scores.top1_rate())
+      .add("top1_acc", run.scores.accuracy())
+      .add("top1_acc_full", reference.scores.accuracy())
       .add("kv_bytes", run.memory.kv_bytes())
       .add("kv_bytes_f16", int64_t(f16_bytes))
       .add("prompt_kv_bytes_f16", 2 * run.prompt_values)
@@ -160,20 +180,35 @@ JsonObject DecodeEvalResult::to_json(const PolicyRun& run) const {
       .add("prefill_seconds", run.prefill_seconds)
       .add("threads", omp_get_max_threads())
       .add("isa", isa_name(active_isa()));
+  o.add("task", config.retrieval ? "retrieval" : "text");
+  if (config.retrieval) {
+    o.add("passage", config.passage)
+        .add("distance", config.distance)
+        .add("retrieval_top1", run.scores.accuracy())
+        .add("retrieval_top1_full", reference.scores.accuracy())
+        .add("retrieval_ppl", run.scores.ppl())
+        .add("retrieval_ppl_full", reference.scores.ppl());
+  }
   return o;
 }
 
 std::string format_decode_eval(const DecodeEvalResult& r) {
   std::string s;
   char buf[512];
-  std::snprintf(buf, sizeof buf, "model %s, text %s\ncontext %d, prefill %d, windows %d, tokens scored %lld per policy\n\n",
+  std::snprintf(buf, sizeof buf, "model %s, text %s\ncontext %d, prefill %d, windows %d, tokens scored %lld per policy\n",
                 r.model.c_str(), r.text.c_str(), r.config.context, r.config.prefill, r.config.windows,
                 static_cast<long long>(r.reference.scores.tokens));
   s += buf;
+  if (r.config.retrieval) {
+    std::snprintf(buf, sizeof buf, "task retrieval: a passage of %d tokens copied after %d tokens; acc = top-1 on the copy\n",
+                  r.config.passage, r.config.distance);
+    s += buf;
+  }
+  s += "\n";
   int width = 20;
   for (const PolicyRun& run : r.runs) width = std::max(width, int(run.spec.size()));
-  std::snprintf(buf, sizeof buf, "%-*s %9s %9s %10s %7s %10s %11s %7s %9s\n", width, "policy", "ppl", "rel_ppl",
-                "kld_mean", "top1", "bits/val", "kv_bytes", "x f16", "decode/s");
+  std::snprintf(buf, sizeof buf, "%-*s %9s %9s %10s %7s %7s %10s %11s %7s %9s\n", width, "policy", "ppl", "rel_ppl",
+                "kld_mean", "top1", "acc", "bits/val", "kv_bytes", "x f16", "decode/s");
   s += buf;
   auto row = [&](const PolicyRun& run, bool ref) {
     const double bits = 8.0 * double(run.memory.kv_bytes()) / double(run.values_represented);
@@ -188,8 +223,11 @@ std::string format_decode_eval(const DecodeEvalResult& r) {
       std::snprintf(kld, sizeof kld, "%.5f", run.scores.kld_mean());
       std::snprintf(top, sizeof top, "%.2f%%", 100.0 * run.scores.top1_rate());
     }
-    std::snprintf(buf, sizeof buf, "%-*s %9.4f %9s %10s %7s %10.3f %11s %7.2f %9.1f\n", width, run.spec.c_str(),
-                  run.scores.ppl(), rel, kld, top, bits, format_bytes(run.memory.kv_bytes()).c_str(), 16.0 / bits, tps);
+    char acc[32];
+    std::snprintf(acc, sizeof acc, "%.2f%%", 100.0 * run.scores.accuracy());
+    std::snprintf(buf, sizeof buf, "%-*s %9.4f %9s %10s %7s %7s %10.3f %11s %7.2f %9.1f\n", width, run.spec.c_str(),
+                  run.scores.ppl(), rel, kld, top, acc, bits, format_bytes(run.memory.kv_bytes()).c_str(), 16.0 / bits,
+                  tps);
     s += buf;
   };
   row(r.reference, true);

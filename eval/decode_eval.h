@@ -6,6 +6,14 @@
 //   scored: W * (N - 1 - P) tokens. Every policy runs in lockstep with a full f32 cache on the
 //   same windows, which gives perplexity, KL divergence (reference || policy) and top-1 agreement
 //   per scored token.
+//
+// The copy-retrieval task (retrieval = true): perplexity on prose barely notices a cache that
+// forgot its distant past, a copy does. Each window is BOS, a passage of M tokens of the text,
+// the D tokens that follow it in the text, then the same passage again (N = 1 + 2M + D tokens);
+// everything before the second copy is prefilled (P = 1 + M + D) and the copy is decoded one
+// token per step as above: copy tokens 1 .. M-1 are scored (token 0 cannot be known to repeat).
+// Top-1 accuracy against the copied tokens is the task's score. Windows take consecutive,
+// non-overlapping stretches of M + D tokens of the text.
 #pragma once
 
 #include <cstdint>
@@ -26,6 +34,9 @@ struct DecodeEvalConfig {
   int context = 1024;                 // N
   int prefill = -1;                   // P; -1 means N / 2
   int windows = 8;                    // W
+  bool retrieval = false;
+  int passage = 64;                   // M
+  int distance = -1;                  // D; -1: N - 1 - 2M (the copy ends at the context)
 };
 
 struct PolicyRun {
@@ -42,7 +53,7 @@ struct PolicyRun {
 struct DecodeEvalResult {
   DecodeEvalConfig config;
   std::string model, text;
-  PolicyRun reference;
+  PolicyRun reference;  // config.context / prefill: the window and prefill lengths actually used
   std::vector<PolicyRun> runs;
 
   // One JSON object per policy, with the keys the issue tracker and docs/results.md use.

@@ -3,7 +3,8 @@
 //   kvlab info      --model M
 //   kvlab generate  --model M --prompt TEXT [-n N] [--policy SPEC] [--temperature T] [--seed S]
 //   kvlab eval      --model M --text FILE --policy SPEC [--policy SPEC ...] [--context N]
-//                   [--prefill P] [--windows W] [--json OUT]
+//                   [--prefill P] [--windows W] [--json OUT] [--task text|retrieval] [--passage M]
+//                   [--distance D]
 //   kvlab ppl       --model M --text FILE [--paragraphs N] [--policy SPEC]
 //   kvlab logits    --model M (--prompt TEXT | --ids 1,2,3) --out FILE.npy [--policy SPEC]
 //   kvlab calibrate --model M --text FILE --policy aquakv:... --out FILE [--policy .. --out ..]
@@ -51,6 +52,9 @@ constexpr const char* kUsage =
     "  generate  --model M --prompt TEXT [-n N] [--policy SPEC] [--temperature T] [--seed S]\n"
     "  eval      --model M --text FILE --policy SPEC [--policy SPEC ...] [--context N]\n"
     "            [--prefill P] [--windows W] [--json OUT]   (context: 1024 or the model's, if shorter)\n"
+    "            [--task text|retrieval] [--passage M] [--distance D]\n"
+    "                                           retrieval: BOS, M tokens, the next D, the M again;\n"
+    "                                           the copy decoded and scored (D: fills the context)\n"
     "                                           decode-mode quality vs the full f32 cache\n"
     "  ppl       --model M --text FILE [--paragraphs N] [--policy SPEC]\n"
     "                                           perplexity over blank-line-separated paragraphs\n"
@@ -273,6 +277,18 @@ Status cmd_eval(const Args& a) {
   KVLAB_ASSIGN_OR_RETURN(int64_t context, a.get_int("--context", -1, 1, 1 << 24));
   KVLAB_ASSIGN_OR_RETURN(int64_t prefill, a.get_int("--prefill", -1, -1, 1 << 24));
   KVLAB_ASSIGN_OR_RETURN(int64_t windows, a.get_int("--windows", 8, 1, 4096));
+  KVLAB_ASSIGN_OR_RETURN(int64_t passage, a.get_int("--passage", 64, 2, 1 << 24));
+  KVLAB_ASSIGN_OR_RETURN(int64_t distance, a.get_int("--distance", -1, 0, 1 << 24));
+  const std::string task = a.get_or("--task", "text");
+  if (task != "text" && task != "retrieval") {
+    return invalid_argument("--task must be text or retrieval (got '" + task + "')");
+  }
+  if (task == "text" && (a.has("--passage") || a.has("--distance"))) {
+    return invalid_argument("--passage and --distance belong to --task retrieval");
+  }
+  cfg.retrieval = task == "retrieval";
+  cfg.passage = int(passage);
+  cfg.distance = int(distance);
   cfg.context = int(context);
   cfg.prefill = int(prefill);
   cfg.windows = int(windows);
@@ -447,7 +463,10 @@ Status run(int argc, char** argv) {
   std::set<std::string> options, flags = {"--quiet"};
   if (cmd == "info") options = with_common({});
   else if (cmd == "generate") options = with_common({"--prompt", "-n", "--policy", "--temperature", "--seed"});
-  else if (cmd == "eval") options = with_common({"--text", "--policy", "--context", "--prefill", "--windows", "--json"});
+  else if (cmd == "eval") {
+    options = with_common({"--text", "--policy", "--context", "--prefill", "--windows", "--json", "--task", "--passage",
+                           "--distance"});
+  }
   else if (cmd == "ppl") options = with_common({"--text", "--paragraphs", "--policy"});
   else if (cmd == "calibrate") options = with_common({"--text", "--policy", "--out", "--lines", "--tokens", "--window"});
   else if (cmd == "logits") options = with_common({"--prompt", "--ids", "--out", "--policy"});

@@ -31,5 +31,6 @@ double kl_divergence(std::span<const double> logp, std::span<const double> logq)
 double TokenScores::ppl() const { return tokens ? std::exp(nll / double(tokens)) : NAN; }
 double TokenScores::kld_mean() const { return tokens ? kld / double(tokens) : NAN; }
 double TokenScores::top1_rate() const { return tokens ? double(top1_agree) / double(tokens) : NAN; }
+double TokenScores::accuracy() const { return tokens ? double(top1_correct) / double(tokens) : NAN; }
 
 }  // namespace kvlab

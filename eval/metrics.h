@@ -19,10 +19,12 @@ struct TokenScores {
   double nll = 0;        // sum of -log p(target)
   double kld = 0;        // sum of KL(reference || this)
   int64_t top1_agree = 0;  // argmax equal to the reference's
+  int64_t top1_correct = 0;  // argmax equal to the target token
 
   double ppl() const;
   double kld_mean() const;
   double top1_rate() const;
+  double accuracy() const;  // top1_correct / tokens
 };
 
 }  // namespace kvlab

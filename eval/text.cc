@@ -46,4 +46,22 @@ StatusOr<std::vector<std::vector<int32_t>>> make_windows(const std::vector<int32
   return out;
 }
 
+StatusOr<std::vector<std::vector<int32_t>>> make_copy_windows(const std::vector<int32_t>& tokens, int32_t bos,
+                                                              int passage, int distance, int windows) {
+  const int64_t stride = int64_t(passage) + distance, need = int64_t(windows) * stride;
+  if (int64_t(tokens.size()) < need) {
+    return invalid_argument("the text has " + std::to_string(tokens.size()) + " tokens; " + std::to_string(windows) +
+                            " retrieval windows of " + std::to_string(passage) + " + " + std::to_string(distance) +
+                            " tokens need " + std::to_string(need));
+  }
+  std::vector<std::vector<int32_t>> out(windows);
+  for (int w = 0; w < windows; ++w) {
+    const auto first = tokens.begin() + int64_t(w) * stride;
+    out[w].push_back(bos);
+    out[w].insert(out[w].end(), first, first + stride);
+    out[w].insert(out[w].end(), first, first + passage);
+  }
+  return out;
+}
+
 }  // namespace kvlab

@@ -17,5 +17,10 @@ std::vector<std::string> split_paragraphs(const std::string& text, int max_parag
 // consecutive and non-overlapping from the start. kInvalidArgument if the text is too short.
 StatusOr<std::vector<std::vector<int32_t>>> make_windows(const std::vector<int32_t>& tokens, int32_t bos,
                                                          int context, int windows);
+// `windows` copy-retrieval windows (eval/decode_eval.h): BOS, a passage of `passage` tokens, the
+// `distance` tokens that follow it, the passage again; window w's passage starts at token
+// w * (passage + distance). kInvalidArgument if the text is too short.
+StatusOr<std::vector<std::vector<int32_t>>> make_copy_windows(const std::vector<int32_t>& tokens, int32_t bos,
+                                                              int passage, int distance, int windows);
 
 }  // namespace kvlab

@@ -139,6 +139,46 @@ TEST(CliTest, EvalWritesJsonAndAFailedRunLeavesItAlone) {
   EXPECT_EQ(*read_file_text(json), *out);
 }
 
+// The copy-retrieval task on SmolLM2: one window of BOS, 32 tokens, 191 more, the 32 again. The
+// full cache copies (measured 84% at context 512), a 64-token streaming window has lost the
+// passage and does not; the JSON says what was measured; misuse is exit 2.
+TEST(CliTest, RetrievalTaskSeesWhatACacheForgot) {
+  const std::string json = testing::temp_dir() + "/retrieval.json";
+  const std::string text = testing::shared_data_path("sherlock_holmes_adventures.txt");
+  auto r = run_kvlab({"eval", "--model", testing::smollm2_path(), "--text", text, "--task", "retrieval", "--context",
+                      "256", "--passage", "32", "--windows", "2", "--policy", "full:dtype=f16", "--policy",
+                      "streaming:sink=4,window=64", "--json", json, "--quiet"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string out = *read_file_text(json);
+  for (const char* key : {"\"task\": \"retrieval\"", "\"passage\": 32", "\"distance\": 191", "\"context\": 256",
+                          "\"prefill\": 224", "\"tokens_scored\": 62"}) {
+    EXPECT_NE(out.find(key), std::string::npos) << key << " missing in\n" << out;
+  }
+  auto numbers = [&](const std::string& key) {  // one per policy, in order
+    std::vector<double> v;
+    for (size_t p = out.find("\"" + key + "\": "); p != std::string::npos; p = out.find("\"" + key + "\": ", p + 1)) {
+      v.push_back(std::stod(out.substr(p + key.size() + 4)));
+    }
+    return v;
+  };
+  const std::vector<double> top1 = numbers("retrieval_top1"), full = numbers("retrieval_top1_full");
+  ASSERT_EQ(top1.size(), 2u);
+  ASSERT_EQ(full.size(), 2u);
+  EXPECT_GT(full[0], 0.6);
+  EXPECT_EQ(top1[0], full[0]);  // f16 against f32: the same argmax on every copied token
+  EXPECT_LT(top1[1], full[0] - 0.25);
+  expect_failure({"eval", "--model", "stories260k", "--text", text, "--policy", "full", "--task", "copy"},
+                 "--task must be text or retrieval");
+  expect_failure({"eval", "--model", "stories260k", "--text", text, "--policy", "full", "--passage", "8"},
+                 "--passage and --distance belong to --task retrieval");
+  expect_failure({"eval", "--model", "stories260k", "--text", text, "--policy", "full", "--task", "retrieval",
+                  "--prefill", "8"},
+                 "--prefill does not apply to --task retrieval");
+  expect_failure({"eval", "--model", "stories260k", "--text", text, "--policy", "full", "--task", "retrieval",
+                  "--context", "100", "--passage", "40", "--distance", "30"},
+                 "do not fit in --context 100");
+}
+
 // `kvlab xkv-analyze` on stories260K (kv_dim 32, 5 layers): at full rank nothing is lost (every
 // error ~0, whatever the grouping); at rank 4 the errors are real and a group of 4 layers, with
 // 4x the rank shared, loses less than single layers on average (the JSON's numbers); bad
