@@ -164,36 +164,54 @@ void merge_into(Partial& a, const Partial& b, int d) {
 void report_probs(const AttentionShape& shape, const SeqAttention& sa, int layer,
                   const AttentionObserver& observer) {
   const int d = shape.head_dim, G = shape.n_heads / shape.n_kv_heads;
-  std::vector<float> keys;  // one history block of keys, dequantized
+  std::vector<int> wanted;  // rows of the new tokens whose probabilities are wanted
   for (int t = 0; t < sa.n_new; ++t) {
-    const int32_t pos = sa.positions[t];
-    if (!observer.wants(layer, sa.seq, pos)) continue;
-    for (int h = 0; h < shape.n_heads; ++h) {
-      const int g = h / G;
-      const float* q = sa.q + size_t(t) * shape.q_dim() + size_t(h) * d;
-      std::vector<double> logits;
-      std::vector<int32_t> kpos;
-      auto add = [&](const float* k, int32_t p) {
-        double s = 0;
-        for (int i = 0; i < d; ++i) s += double(q[i]) * k[i];
-        logits.push_back(s * shape.scale);
-        kpos.push_back(p);
-      };
-      for (int b = 0; sa.history && b < sa.history->n_blocks(); ++b) {
-        const HistoryBlock blk = sa.history->block(b, g);
-        keys.resize(size_t(blk.k.n) * d);
-        dequantize_block(blk.k, keys.data());
-        for (int j = 0; j < blk.k.n; ++j) add(&keys[size_t(j) * d], blk.positions ? blk.positions[j] : blk.first_pos + j);
+    if (observer.wants(layer, sa.seq, sa.positions[t])) wanted.push_back(t);
+  }
+  if (wanted.empty()) return;
+  // Per kv head, its keys are dequantized once ([n, d] f32, history then new tokens) and shared
+  // by every wanted query and query head of its group.
+  std::vector<float> keys, block;
+  std::vector<int32_t> kpos;
+  std::vector<double> logits;
+  std::vector<float> probs;
+  for (int g = 0; g < shape.n_kv_heads; ++g) {
+    keys.clear();
+    kpos.clear();
+    for (int b = 0; sa.history && b < sa.history->n_blocks(); ++b) {
+      const HistoryBlock blk = sa.history->block(b, g);
+      block.resize(size_t(blk.k.n) * d);
+      dequantize_block(blk.k, block.data());
+      keys.insert(keys.end(), block.begin(), block.end());
+      for (int j = 0; j < blk.k.n; ++j) kpos.push_back(blk.positions ? blk.positions[j] : blk.first_pos + j);
+    }
+    const size_t n_hist = kpos.size();
+    for (int j = 0; j < sa.n_new; ++j) {
+      const float* k = sa.k_new + size_t(j) * shape.kv_dim() + size_t(g) * d;
+      keys.insert(keys.end(), k, k + d);
+      kpos.push_back(sa.positions[j]);
+    }
+    for (int t : wanted) {
+      const int32_t pos = sa.positions[t];
+      // History, then the new tokens up to and including this one.
+      size_t n = n_hist;
+      while (n < kpos.size() && kpos[n] <= pos) ++n;
+      for (int h = g * G; h < (g + 1) * G; ++h) {
+        const float* q = sa.q + size_t(t) * shape.q_dim() + size_t(h) * d;
+        logits.resize(n);
+        double mx = -INFINITY;
+        for (size_t j = 0; j < n; ++j) {
+          double s = 0;
+          for (int i = 0; i < d; ++i) s += double(q[i]) * keys[j * d + size_t(i)];
+          logits[j] = s * shape.scale;
+          mx = std::max(mx, logits[j]);
+        }
+        double sum = 0;
+        for (size_t j = 0; j < n; ++j) sum += std::exp(logits[j] - mx);
+        probs.resize(n);
+        for (size_t j = 0; j < n; ++j) probs[j] = float(std::exp(logits[j] - mx) / sum);
+        observer.observe(layer, sa.seq, pos, h, probs, std::span<const int32_t>(kpos.data(), n));
       }
-      for (int j = 0; j < sa.n_new && sa.positions[j] <= pos; ++j) {
-        add(sa.k_new + size_t(j) * shape.kv_dim() + size_t(g) * d, sa.positions[j]);
-      }
-      double mx = -INFINITY, sum = 0;
-      for (double s : logits) mx = std::max(mx, s);
-      for (double s : logits) sum += std::exp(s - mx);
-      std::vector<float> probs(logits.size());
-      for (size_t j = 0; j < logits.size(); ++j) probs[j] = float(std::exp(logits[j] - mx) / sum);
-      observer.observe(layer, sa.seq, pos, h, probs, kpos);
     }
   }
 }

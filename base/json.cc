@@ -59,4 +59,10 @@ std::string json_array(const std::vector<JsonObject>& items) {
   return s + "]";
 }
 
+JsonValue json_numbers(const std::vector<double>& values) {
+  std::string s = "[";
+  for (size_t i = 0; i < values.size(); ++i) s += (i ? ", " : "") + JsonValue(values[i]).text();
+  return JsonValue::raw(s + "]");
+}
+
 }  // namespace kvlab

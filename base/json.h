@@ -37,6 +37,7 @@ class JsonObject {
     fields_.emplace_back(std::move(key), std::move(value));
     return *this;
   }
+  bool empty() const { return fields_.empty(); }
   // Pretty-printed with two-space indentation at `indent` levels.
   std::string dump(int indent = 0) const;
   JsonValue value() const { return JsonValue::raw(dump()); }
@@ -46,5 +47,7 @@ class JsonObject {
 };
 
 std::string json_array(const std::vector<JsonObject>& items);
+// [1.5, 2, ...] on one line.
+JsonValue json_numbers(const std::vector<double>& values);
 
 }  // namespace kvlab

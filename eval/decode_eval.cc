@@ -134,6 +134,7 @@ StatusOr<DecodeEvalResult> run_decode_eval(const Model& model, const std::string
   for (size_t i = 0; i < lanes.size(); ++i) {
     Lane& lane = lanes[i];
     lane.run.memory = lane.cache->memory();
+    lane.run.decisions = lane.cache->report();
     for (int w = 0; w < W; ++w) {
       lane.run.values_represented += int64_t(lane.cache->seq_length(w)) * model.config().n_layers * kv_dim * 2;
       lane.run.prompt_values += int64_t(config.prefill) * model.config().n_layers * kv_dim * 2;
@@ -165,6 +166,7 @@ JsonObject DecodeEvalResult::to_json(const PolicyRun& run) const {
       .add("top1_acc", run.scores.accuracy())
       .add("top1_acc_full", reference.scores.accuracy())
       .add("kv_bytes", run.memory.kv_bytes())
+      .add("peak_kv_bytes", run.memory.peak_kv_bytes)
       .add("kv_bytes_f16", int64_t(f16_bytes))
       .add("prompt_kv_bytes_f16", 2 * run.prompt_values)
       .add("bits_per_value", 8.0 * kv_bytes / double(run.values_represented))
@@ -180,6 +182,7 @@ JsonObject DecodeEvalResult::to_json(const PolicyRun& run) const {
       .add("prefill_seconds", run.prefill_seconds)
       .add("threads", omp_get_max_threads())
       .add("isa", isa_name(active_isa()));
+  if (!run.decisions.empty()) o.add("decisions", run.decisions.value());
   o.add("task", config.retrieval ? "retrieval" : "text");
   if (config.retrieval) {
     o.add("passage", config.passage)

@@ -46,6 +46,7 @@ struct PolicyRun {
   int64_t decode_tokens = 0;
   double prefill_seconds = 0;
   MemoryReport memory;            // at the end, all windows
+  JsonObject decisions;           // KvCache::report() at the end (LightTransfer's lazy layers)
   int64_t values_represented = 0;  // K and V scalars of every token written, all layers
   int64_t prompt_values = 0;       // the same for the prefilled tokens alone
 };

@@ -119,6 +119,18 @@ void KvCache::reset_all() {
 
 LayerContents KvCache::read(int layer, int seq) const { return policy_of(layer).read(layer, seq); }
 
+JsonObject KvCache::report() const {
+  JsonObject out;
+  for (size_t i = 0; i < policies_.size(); ++i) {
+    JsonObject one;
+    policies_[i]->report(one);
+    if (one.empty()) continue;
+    const LayerAssignment& a = layout_[i];
+    out.add("L" + std::to_string(a.first_layer) + "-" + std::to_string(a.last_layer), one.value());
+  }
+  return out;
+}
+
 Status KvCache::save(const std::string& path) const {
   BinaryWriter w;
   w.put_bytes(kMagic, sizeof(kMagic));

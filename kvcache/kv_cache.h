@@ -67,6 +67,9 @@ class KvCache {
 
   // Bytes held, by kind (kvcache/memory.h); K/V state is memory().kv_bytes().
   MemoryReport memory() const { return ledger_.report(); }
+  // What each policy instance decided ("L0-29": {...}), for the evaluation's JSON; instances
+  // with nothing to say are left out.
+  JsonObject report() const;
   // Writes all slots to `path` (atomically: a temporary file and a rename).
   Status save(const std::string& path) const;
 

@@ -29,6 +29,7 @@ const char* memory_kind_name(MemoryKind kind);
 
 struct MemoryReport {
   std::array<int64_t, size_t(MemoryKind::kCount)> bytes{};
+  int64_t peak_kv_bytes = 0;  // the most kv_bytes() held at any moment since the ledger began
 
   int64_t operator[](MemoryKind k) const { return bytes[size_t(k)]; }
   // Bytes of K/V state: everything but side data and derived working copies.
@@ -40,22 +41,37 @@ struct MemoryReport {
   }
   MemoryReport& operator+=(const MemoryReport& o) {
     for (size_t i = 0; i < bytes.size(); ++i) bytes[i] += o.bytes[i];
+    peak_kv_bytes += o.peak_kv_bytes;  // an upper bound of the peak of the sum
     return *this;
   }
 };
 
 class MemoryLedger {
  public:
-  void add(MemoryKind kind, int64_t n) { bytes_[size_t(kind)].fetch_add(n, std::memory_order_relaxed); }
-  void sub(MemoryKind kind, int64_t n) { bytes_[size_t(kind)].fetch_sub(n, std::memory_order_relaxed); }
+  void add(MemoryKind kind, int64_t n) {
+    bytes_[size_t(kind)].fetch_add(n, std::memory_order_relaxed);
+    if (!counts_as_kv(kind)) return;
+    const int64_t now = kv_.fetch_add(n, std::memory_order_relaxed) + n;
+    int64_t peak = kv_peak_.load(std::memory_order_relaxed);
+    while (now > peak && !kv_peak_.compare_exchange_weak(peak, now, std::memory_order_relaxed)) {
+    }
+  }
+  void sub(MemoryKind kind, int64_t n) {
+    bytes_[size_t(kind)].fetch_sub(n, std::memory_order_relaxed);
+    if (counts_as_kv(kind)) kv_.fetch_sub(n, std::memory_order_relaxed);
+  }
   MemoryReport report() const {
     MemoryReport r;
     for (size_t i = 0; i < r.bytes.size(); ++i) r.bytes[i] = bytes_[i].load(std::memory_order_relaxed);
+    r.peak_kv_bytes = kv_peak_.load(std::memory_order_relaxed);
     return r;
   }
 
  private:
+  static bool counts_as_kv(MemoryKind k) { return k != MemoryKind::kSide && k != MemoryKind::kDerived; }
+
   std::array<std::atomic<int64_t>, size_t(MemoryKind::kCount)> bytes_{};
+  std::atomic<int64_t> kv_{0}, kv_peak_{0};  // kv_bytes() now and at most
 };
 
 // std::allocator that books every allocation on a ledger under a kind.

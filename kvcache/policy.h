@@ -29,6 +29,7 @@
 
 #include "attention/observer.h"
 #include "attention/rope.h"
+#include "base/json.h"
 #include "base/serialize.h"
 #include "base/status.h"
 #include "kvcache/forward_batch.h"
@@ -107,6 +108,10 @@ class Policy {
   // Versioned state of all slots; load() accepts only what save() of the same spec wrote.
   virtual void save(BinaryWriter& out) const = 0;
   virtual Status load(BinaryReader& in) = 0;
+
+  // What the policy decided since it was made (LightTransfer's lazy scores and layers), for the
+  // evaluation's JSON; nothing by default.
+  virtual void report(JsonObject& out) const { (void)out; }
 
   // Observation of the residual stream entering a layer (decode sparsification).
   //   h: [n_rows, dim]

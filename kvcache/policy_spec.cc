@@ -17,11 +17,15 @@ std::string_view trim(std::string_view s) {
   return s;
 }
 
+// Splits at `sep` outside brackets: "base=[kivi:bits=4,group=32],rho=0.5" is two entries.
 std::vector<std::string_view> split(std::string_view s, char sep) {
   std::vector<std::string_view> out;
   size_t start = 0;
+  int depth = 0;
   for (size_t i = 0; i <= s.size(); ++i) {
-    if (i == s.size() || s[i] == sep) {
+    if (i < s.size() && s[i] == '[') ++depth;
+    if (i < s.size() && s[i] == ']') --depth;
+    if (i == s.size() || (s[i] == sep && depth == 0)) {
       out.push_back(s.substr(start, i - start));
       start = i + 1;
     }
@@ -50,6 +54,7 @@ std::string describe(const ParamInfo& p) {
     case ParamInfo::Kind::kInt: d += "<int " + std::to_string(int64_t(p.min)) + ".." + std::to_string(int64_t(p.max)) + ">"; break;
     case ParamInfo::Kind::kFloat: d += "<number>"; break;
     case ParamInfo::Kind::kString: d += "<text>"; break;
+    case ParamInfo::Kind::kSpec: d += "[<policy spec>]"; break;
   }
   return d;
 }
@@ -85,9 +90,24 @@ Status check_value(const PolicyInfo& info, const ParamInfo& p, std::string_view 
     case ParamInfo::Kind::kString:
       if (value.empty()) return bad("empty");
       return Status::Ok();
+    case ParamInfo::Kind::kSpec: return Status::Ok();  // parsed by the caller
   }
   return Status::Ok();
 }
+
+// "[kivi:bits=4]" or "kivi:bits=4" -> "kivi:bits=4"; unbalanced brackets are an error.
+StatusOr<std::string_view> unbracket(std::string_view value) {
+  int depth = 0;
+  for (char c : value) {
+    depth += c == '[' ? 1 : c == ']' ? -1 : 0;
+    if (depth < 0) break;
+  }
+  if (depth != 0) return invalid_argument("unbalanced brackets in '" + std::string(value) + "'");
+  if (value.size() >= 2 && value.front() == '[' && value.back() == ']') return trim(value.substr(1, value.size() - 2));
+  return value;
+}
+
+}  // namespace
 
 StatusOr<PolicySpec> parse_policy_spec(std::string_view text) {
   text = trim(text);
@@ -116,17 +136,36 @@ StatusOr<PolicySpec> parse_policy_spec(std::string_view text) {
       }
       if (!seen.insert(key).second) return invalid_argument("key '" + key + "' given twice in '" + std::string(text) + "'");
       KVLAB_RETURN_IF_ERROR(check_value(*info, *it, value));
+      if (it->kind == ParamInfo::Kind::kSpec) {
+        // A nested spec is kept in canonical form, bracketed so that its commas stay inside.
+        KVLAB_ASSIGN_OR_RETURN(std::string_view inner, unbracket(value));
+        auto nested = parse_policy_spec(inner);
+        if (!nested.ok()) {
+          return invalid_argument("bad policy spec for " + name + ":" + key + ": " + nested.status().message());
+        }
+        spec.params.set(key, "[" + nested->text + "]");
+        continue;
+      }
       spec.params.set(key, std::string(value));
     }
   }
   spec.text = name;
   for (size_t i = 0; i < info->params.size(); ++i) {
     const ParamInfo& p = info->params[i];
-    if (!seen.count(p.key)) spec.params.set(p.key, p.default_value);
+    if (!seen.count(p.key)) {
+      if (p.kind == ParamInfo::Kind::kSpec) {
+        KVLAB_ASSIGN_OR_RETURN(PolicySpec nested, parse_policy_spec(p.default_value));
+        spec.params.set(p.key, "[" + nested.text + "]");
+      } else {
+        spec.params.set(p.key, p.default_value);
+      }
+    }
     spec.text += (i ? "," : ":") + p.key + "=" + spec.params.get(p.key);
   }
   return spec;
 }
+
+namespace {
 
 // "L3" or "L0-14" -> [first, last].
 Status parse_layer_range(std::string_view s, int n_layers, int* first, int* last) {

@@ -2,6 +2,7 @@
 //
 //   NAME[:key=value,...]                        one policy for every layer
 //   L0-14=full:dtype=f16;L15-29=full:dtype=bf16  per-layer mixing; "L7=..." names one layer
+//   lighttransfer:rho=0.5,base=[kivi:bits=4]     a parameter holding a policy spec, in brackets
 //
 // Layers a mixed spec does not name get kDefaultPolicySpec. Each assignment becomes one policy
 // instance that owns its layer range, so a cross-layer policy (AQUA-KV's predictor chain, xKV's
@@ -47,6 +48,9 @@ struct LayerAssignment {
   PolicySpec spec;
 };
 
+// Parses and validates one policy's spec, "name:key=value,..." (no layer ranges). A parameter
+// holding a nested spec keeps its canonical text in brackets, "[kivi:bits=4,...]".
+StatusOr<PolicySpec> parse_policy_spec(std::string_view text);
 // Parses and validates a spec for a model of `n_layers` layers. The assignments cover every
 // layer exactly once, in increasing order.
 StatusOr<std::vector<LayerAssignment>> parse_cache_spec(std::string_view text, int n_layers);

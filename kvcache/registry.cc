@@ -13,6 +13,7 @@ const std::vector<PolicyInfo>& registered_policies() {
       streaming_policy_info(),
       aquakv_policy_info(),
       xkv_policy_info(),
+      lighttransfer_policy_info(),
   };
   return policies;
 }

@@ -15,7 +15,7 @@
 namespace kvlab {
 
 struct ParamInfo {
-  enum class Kind { kInt, kFloat, kChoice, kString };
+  enum class Kind { kInt, kFloat, kChoice, kString, kSpec };  // kSpec: a nested policy spec
   std::string key;
   Kind kind = Kind::kInt;
   std::string default_value;
@@ -31,6 +31,9 @@ struct PolicyInfo {
   // Builds the instance for layers [ctx.first_layer, ctx.last_layer]. May fail on parameter
   // combinations the schema cannot express (an error, never a silent fallback).
   std::function<StatusOr<std::unique_ptr<Policy>>(const PolicyContext& ctx, const PolicyParams&)> make;
+  // Whether an instance keeps state that spans its layers (AQUA-KV's predictor chain, xKV's
+  // layer groups), so that running it one layer at a time would change the method. Unset: no.
+  std::function<bool(const PolicyParams&)> crosses_layers;
 
   // --- what the conformance suite needs ---
   // Specs exercised by every generic test (at least the default and the off setting). "{test_dir}"

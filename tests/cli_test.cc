@@ -93,6 +93,15 @@ TEST(CliTest, UnknownPolicyAndBadParameter) {
   expect_failure({"eval", "--model", "stories260k", "--text", text, "--policy",
                   "xkv:group=2,rank_k=8,rank_v=8,short_group=off"},
                  "5 layers are not a multiple of group 2");
+  // lighttransfer on stories260K (context 512).
+  expect_failure({"eval", "--model", "stories260k", "--text", text, "--policy", "lighttransfer:rho=1.5"},
+                 "bad value '1.5' for lighttransfer:rho: out of range");
+  expect_failure({"eval", "--model", "stories260k", "--text", text, "--policy", "lighttransfer:window=600"},
+                 "sink 4 + window 600 is not below the model's context of 512 tokens");
+  expect_failure({"eval", "--model", "stories260k", "--text", text, "--policy", "lighttransfer:window=64,base=[kivi:bits=9]"},
+                 "bad policy spec for lighttransfer:base: bad value '9' for kivi:bits");
+  expect_failure({"eval", "--model", "stories260k", "--text", text, "--policy", "lighttransfer:window=64,base=[kivi:bits=4"},
+                 "unbalanced brackets");
 }
 
 TEST(CliTest, ContextLongerThanTheModel) {

@@ -1,10 +1,12 @@
 // Behaviour of the individual policies beyond the generic conformance suite: KIVI with a residual
 // longer than the context is the f16 cache; the streaming window keeps its bytes constant over a
 // long decode; the quantized tiers hold exactly the bytes their layouts say; block stores with
-// several key groups per block.
+// several key groups per block; LightTransfer's rules, peak memory, rings and short prompts.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <random>
 
 #include "base/serialize.h"
@@ -311,6 +313,159 @@ TEST(PolicyParamsTest, ImpossibleGroupsAreClearErrors) {
   EXPECT_NE(quant.status().message().find("quant: group 24 does not divide the head size 64"), std::string::npos);
   // Groups above the head size are capped at it.
   EXPECT_TRUE(KvCache::create(s.geo, &s.rope, "kivi:group=128", 1).ok());
+}
+
+}  // namespace
+}  // namespace kvlab
+
+namespace kvlab {
+namespace {
+
+// The numbers of a "key": [a, b, ...] array in a JSON dump.
+std::vector<double> json_array_of(const std::string& json, const std::string& key) {
+  std::vector<double> out;
+  size_t at = json.find("\"" + key + "\": [");
+  if (at == std::string::npos) return out;
+  const char* p = json.c_str() + json.find('[', at) + 1;
+  while (*p && *p != ']') {
+    char* end = nullptr;
+    out.push_back(std::strtod(p, &end));
+    p = end;
+    while (*p == ',' || *p == ' ') ++p;
+  }
+  return out;
+}
+
+// rule=first makes layers 0..k-1 lazy for every sequence; with a one-forward prompt that is
+// exactly StreamingLLM on those layers and the base on the others (the prompt attends to itself
+// exactly in both, then both keep the sinks and the last W tokens): the same logits up to the
+// order of summation (the two rings wrap at different slots).
+TEST(LightTransferTest, FirstLayersRuleIsTheMixedStreamingSpec) {
+  const std::vector<float> lt = prompt_then_decode("lighttransfer:rule=first,rho=0.4,sink=4,window=32");
+  const std::vector<float> mixed = prompt_then_decode("L0-1=streaming:sink=4,window=32;L2-4=full:dtype=f16");
+  const std::vector<float> full = prompt_then_decode("full:dtype=f16");
+  ASSERT_EQ(lt.size(), mixed.size());
+  ASSERT_EQ(lt.size(), full.size());
+  double to_mixed = 0, to_full = 0;
+  for (size_t i = 0; i < lt.size(); ++i) {
+    to_mixed = std::max(to_mixed, double(std::fabs(lt[i] - mixed[i])));
+    to_full = std::max(to_full, double(std::fabs(lt[i] - full[i])));
+  }
+  EXPECT_LE(to_mixed, 1e-3);
+  EXPECT_GT(to_full, 0.1);  // the window does matter here: the test can fail
+}
+
+// The ratio rule keeps the round((1 - rho) L) least lazy layers of each sequence and converts
+// the others, as the reported scores say; sequences keep their own sets.
+TEST(LightTransferTest, RatioRuleMakesTheLaziestLayersStreaming) {
+  const Model& m = testing::stories260k();
+  const int L = m.config().n_layers;  // 5
+  std::vector<int32_t> ids;
+  for (int i = 0; i < 300; ++i) ids.push_back(int32_t(3 + (i * 131) % 500));
+  for (int slot = 0; slot < 2; ++slot) {
+    auto cache = m.make_cache("lighttransfer:rule=ratio,rho=0.6,sink=4,window=24", 1);
+    ASSERT_TRUE(cache.ok());
+    const int n = slot == 0 ? 200 : 260;
+    SeqInput in{0, std::span<const int32_t>(ids.data() + slot * 40, size_t(n))};
+    std::vector<float> logits;
+    ASSERT_TRUE(m.forward(**cache, {&in, 1}, LogitsMode::kLast, &logits).ok());
+    const std::string json = (*cache)->report().dump();
+    const std::vector<double> scores = json_array_of(json, "lazy_scores");
+    const std::vector<double> chosen = json_array_of(json, "lazy_chosen");
+    ASSERT_EQ(int(scores.size()), L) << json;
+    std::vector<int> order(static_cast<size_t>(L));
+    for (int l = 0; l < L; ++l) order[size_t(l)] = l;
+    std::sort(order.begin(), order.end(), [&](int a, int b) { return scores[size_t(a)] > scores[size_t(b)]; });
+    for (int r = 0; r < L; ++r) {
+      const int l = order[size_t(r)];
+      const bool lazy = r < 3;  // round(0.6 * 5)
+      EXPECT_EQ(chosen[size_t(l)], lazy ? 1.0 : 0.0) << "layer " << l << " " << json;
+      EXPECT_EQ((*cache)->stored_tokens(l, 0), lazy ? 4 + 24 : n) << "layer " << l;
+      EXPECT_GT(scores[size_t(l)], 0.0);
+      EXPECT_LE(scores[size_t(l)], 1.0 + 1e-6);
+    }
+  }
+}
+
+// The priority queue converts a layer as soon as it is known to be among the laziest: while the
+// prompt is written, no more than (1 - rho) L + 1 layers hold it whole. Identification from the
+// first decoded token instead holds every layer whole until then.
+TEST(LightTransferTest, RatioRulePeakMemoryIsNearTheKeptLayers) {
+  const Model& m = testing::stories260k();
+  const int L = m.config().n_layers;
+  std::vector<int32_t> ids;
+  for (int i = 0; i < 401; ++i) ids.push_back(int32_t(3 + (i * 131) % 500));
+  auto run = [&](const std::string& spec) {
+    auto cache = m.make_cache(spec, 1);
+    EXPECT_TRUE(cache.ok()) << spec;
+    std::vector<float> logits;
+    SeqInput in{0, std::span<const int32_t>(ids.data(), 400)};
+    EXPECT_TRUE(m.forward(**cache, {&in, 1}, LogitsMode::kLast, &logits).ok());
+    SeqInput one{0, std::span<const int32_t>(&ids[400], 1)};
+    EXPECT_TRUE(m.forward(**cache, {&one, 1}, LogitsMode::kLast, &logits).ok());
+    return (*cache)->memory();
+  };
+  const double layer = double(run("full:dtype=f16").kv_bytes()) / L;  // one layer of 401 tokens
+  const MemoryReport prefill = run("lighttransfer:rho=0.6,sink=4,window=16");
+  const MemoryReport decode = run("lighttransfer:rho=0.6,sink=4,window=16,ident=decode");
+  // 2 kept layers + 1 being decided, plus 3 lazy layers of 20 tokens (page slack included).
+  EXPECT_LE(double(prefill.peak_kv_bytes), 3.25 * layer);
+  EXPECT_GE(double(decode.peak_kv_bytes), 0.99 * L * layer);
+  EXPECT_LE(double(prefill.kv_bytes()), 2.2 * layer);
+  EXPECT_LE(double(decode.kv_bytes()), 2.2 * layer);
+}
+
+// A lazy layer is a true ring: over 4096 decode steps its bytes stay constant and it holds the
+// sinks and the last W positions. rho = 1: every layer lazy, so the cache's bytes are the rings'.
+TEST(LightTransferTest, LazyLayersKeepConstantBytesOver4096DecodeSteps) {
+  Synthetic s(16, 8192);
+  auto cache = KvCache::create(s.geo, &s.rope, "lighttransfer:rho=1,sink=4,window=256", 1);
+  ASSERT_TRUE(cache.ok());
+  s.step(**cache, 300);
+  const int64_t after_prompt = (*cache)->memory().kv_bytes();
+  for (int t = 0; t < 4096; ++t) {
+    s.step(**cache, 1);
+    ASSERT_EQ((*cache)->memory().kv_bytes(), after_prompt) << "step " << t;
+  }
+  for (int l = 0; l < s.geo.n_layers; ++l) {
+    const LayerContents c = (*cache)->read(l, 0);
+    ASSERT_EQ(c.positions.size(), 260u);
+    for (int i = 0; i < 4; ++i) EXPECT_EQ(c.positions[size_t(i)], i);
+    for (int i = 0; i < 256; ++i) EXPECT_EQ(c.positions[size_t(4 + i)], 300 + 4096 - 256 + i);
+  }
+}
+
+// A prompt of at most S + W tokens compresses nothing, and the report says so.
+TEST(LightTransferTest, ShortPromptsCompressNothing) {
+  Synthetic s(16, 8192);
+  auto cache = KvCache::create(s.geo, &s.rope, "lighttransfer:rho=1,sink=4,window=256", 1);
+  ASSERT_TRUE(cache.ok());
+  s.step(**cache, 260);
+  for (int t = 0; t < 100; ++t) s.step(**cache, 1);
+  EXPECT_EQ((*cache)->stored_tokens(0, 0), 360);
+  EXPECT_NE((*cache)->report().dump().find("\"short_prompts\": 1"), std::string::npos) << (*cache)->report().dump();
+}
+
+TEST(LightTransferTest, ImpossibleParametersAreClearErrors) {
+  Synthetic s(16, 1024);
+  auto expect_error = [&](const std::string& spec, const std::string& needle) {
+    auto c = KvCache::create(s.geo, &s.rope, spec, 1);
+    ASSERT_FALSE(c.ok()) << spec;
+    EXPECT_NE(c.status().message().find(needle), std::string::npos) << c.status().message();
+  };
+  expect_error("lighttransfer:rho=1.5", "bad value '1.5' for lighttransfer:rho: out of range");
+  expect_error("lighttransfer:rho=-0.1", "out of range");
+  expect_error("lighttransfer:window=1024", "is not below the model's context of 1024 tokens");
+  expect_error("lighttransfer:base=[kivi:bits=5]", "bad policy spec for lighttransfer:base: bad value '5' for kivi:bits");
+  expect_error("lighttransfer:base=[nosuch]", "unknown policy 'nosuch'");
+  expect_error("lighttransfer:base=[kivi:bits=4", "unbalanced brackets");
+  expect_error("lighttransfer:window=64,base=[xkv:group=2,rank_k=8,rank_v=8]", "keeps state across layers");
+  expect_error("lighttransfer:window=64,base=[streaming]", "evicts tokens itself");
+  auto ok = KvCache::create(s.geo, &s.rope, "lighttransfer:window=64,base=[kivi:bits=4,group=16]", 1);
+  ASSERT_TRUE(ok.ok()) << ok.status().to_string();
+  EXPECT_EQ((*ok)->spec(),
+            "lighttransfer:rule=ratio,rho=0.5,tau=0.9,sink=4,window=64,ident=prefill,queries=32,seed=1,dtype=f16,"
+            "base=[kivi:bits=4,group=16,residual=128,sink=0,dtype=f16]");
 }
 
 }  // namespace

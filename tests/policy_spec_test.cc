@@ -48,6 +48,26 @@ void expect_error(const std::string& spec, const std::string& needle, int n_laye
       << "'" << spec << "' gave: " << r.status().message() << "\nexpected to find: " << needle;
 }
 
+// A parameter holding a policy spec: its commas and semicolons stay inside the brackets, it is
+// validated and canonicalized like any spec, and the canonical text parses back to itself.
+TEST(PolicySpecTest, NestedSpecsStayInsideTheirBrackets) {
+  auto r = parse_cache_spec("L0-9=lighttransfer:base=[kivi:bits=4,group=64],rho=0.25;L20-29=full:dtype=bf16", 30);
+  ASSERT_TRUE(r.ok()) << r.status().to_string();
+  ASSERT_EQ(r->size(), 3u);
+  EXPECT_EQ((*r)[0].spec.params.get("base"), "[kivi:bits=4,group=64,residual=128,sink=0,dtype=f16]");
+  EXPECT_EQ((*r)[0].spec.params.get("rho"), "0.25");
+  auto again = parse_cache_spec(cache_spec_text(*r), 30);
+  ASSERT_TRUE(again.ok()) << again.status().to_string();
+  EXPECT_EQ(cache_spec_text(*again), cache_spec_text(*r));
+  // Unbracketed is fine when the nested spec has no comma.
+  auto plain = parse_cache_spec("lighttransfer:base=kivi:bits=4", 30);
+  ASSERT_TRUE(plain.ok()) << plain.status().to_string();
+  EXPECT_EQ(plain->front().spec.params.get("base"), "[kivi:bits=4,group=32,residual=128,sink=0,dtype=f16]");
+  EXPECT_FALSE(parse_cache_spec("lighttransfer:base=[kivi:bits=4", 30).ok());
+  EXPECT_FALSE(parse_cache_spec("lighttransfer:base=[kivi:bits=4]]", 30).ok());
+  EXPECT_FALSE(parse_cache_spec("lighttransfer:base=[]", 30).ok());
+}
+
 TEST(PolicySpecTest, ErrorsListWhatIsValid) {
   expect_error("nosuch", "unknown policy 'nosuch' (valid: " + registered_policy_names() + ")");
   expect_error("full:dtype=f8", "valid: dtype=f32|f16|bf16|fp8");

@@ -497,6 +497,7 @@ PolicyInfo aquakv_policy_info() {
   info.test_specs = {"aquakv:bits=2,predictors=off,buffer=16", "aquakv:bits=4,predictors=off,prefix=0,buffer=8,decode=cached",
                      "aquakv:bits=3,calib={test_dir}/aquakv3.calib,buffer=16",
                      "aquakv:bits=inf,calib={test_dir}/aquakvinf.calib,buffer=8,dtype=f32"};
+  info.crosses_layers = [](const PolicyParams& p) { return p.get("predictors") == "on"; };
   info.off_spec = "aquakv:bits=inf,predictors=off,prefix=0,buffer=1048576,dtype=f32";
   info.prepare_test = [](const KvGeometry& g, const std::string& dir) -> Status {
     // Small random predictors for the test geometry (a stable chain), one file per bit width used above.

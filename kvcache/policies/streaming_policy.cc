@@ -18,13 +18,8 @@ PolicyInfo streaming_policy_info() {
       {"dtype", ParamInfo::Kind::kChoice, "f16", {"f32", "f16", "bf16", "fp8"}, 0, 0, "element type of kept tokens"},
   };
   info.make = [](const PolicyContext& ctx, const PolicyParams& p) -> StatusOr<std::unique_ptr<Policy>> {
-    TieredConfig cfg;
-    KVLAB_ASSIGN_OR_RETURN(cfg.exact_format, parse_dense_format(p.get("dtype")));
-    cfg.exact_kind = MemoryKind::kPayload;
-    cfg.sink = p.get_int("sink");
-    cfg.recent = p.get_int("window");
-    cfg.overflow = TieredConfig::Overflow::kDrop;
-    return make_tiered_policy(ctx, cfg);
+    KVLAB_ASSIGN_OR_RETURN(const KvFormat format, parse_dense_format(p.get("dtype")));
+    return make_tiered_policy(ctx, streaming_config(format, p.get_int("sink"), p.get_int("window")));
   };
   info.test_specs = {"streaming:sink=4,window=16", "streaming:sink=0,window=40,dtype=f32",
                      "streaming:sink=2,window=100,dtype=fp8"};

@@ -105,6 +105,33 @@ class TieredPolicy final : public Policy {
     return c;
   }
 
+  Status adopt(int layer, int seq, const LayerContents& c, int length) {
+    KVLAB_CHECK(cfg_.overflow != TieredConfig::Overflow::kCompress);
+    const int kv_dim = ctx_.geometry.kv_dim();
+    Slot& sl = slot(layer, seq);
+    sl.sink.clear();
+    sl.blocks.clear();
+    sl.recent.clear();
+    sl.next = 0;
+    const int n = int(c.positions.size());
+    int i = 0;
+    for (; i < n && c.positions[size_t(i)] < cfg_.sink; ++i) {
+      if (c.positions[size_t(i)] != i) return invalid_argument("tiered_adopt: sink tokens must be positions 0, 1, ...");
+      sl.sink.push(&c.k[size_t(i) * kv_dim], &c.v[size_t(i) * kv_dim]);
+    }
+    const int n_recent = n - i;
+    const bool consecutive = n_recent == 0 || (c.positions.back() == length - 1 &&
+                                               c.positions[size_t(i)] == length - n_recent);
+    const int room = cfg_.overflow == TieredConfig::Overflow::kDrop ? cfg_.recent : sl.recent.capacity();
+    if (!consecutive || n_recent > room || length < n) {
+      sl.sink.clear();
+      return invalid_argument("tiered_adopt: the tokens after the sink must be the last ones of the sequence and fit the ring");
+    }
+    for (; i < n; ++i) sl.recent.push(&c.k[size_t(i) * kv_dim], &c.v[size_t(i) * kv_dim]);
+    sl.next = length;
+    return Status::Ok();
+  }
+
   void save(BinaryWriter& out) const override {
     out.put<uint32_t>(kStateVersion);
     for (const Slot& sl : slots_) {
@@ -116,12 +143,7 @@ class TieredPolicy final : public Policy {
   }
 
   Status load(BinaryReader& in) override {
-    uint32_t version = 0;
-    KVLAB_RETURN_IF_ERROR(in.get(&version));
-    if (version != kStateVersion) {
-      return unsupported(in.what() + ": policy state version " + std::to_string(version) + " (this build reads version " +
-                         std::to_string(kStateVersion) + ")");
-    }
+    KVLAB_RETURN_IF_ERROR(in.expect_version(kStateVersion, "policy state"));
     for (Slot& sl : slots_) {
       int32_t next = 0;
       KVLAB_RETURN_IF_ERROR(in.get(&next));
@@ -205,6 +227,22 @@ class TieredPolicy final : public Policy {
 
 std::unique_ptr<Policy> make_tiered_policy(const PolicyContext& ctx, const TieredConfig& config) {
   return std::make_unique<TieredPolicy>(ctx, config);
+}
+
+TieredConfig streaming_config(KvFormat format, int sink, int window) {
+  TieredConfig cfg;
+  cfg.exact_format = format;
+  cfg.exact_kind = MemoryKind::kPayload;
+  cfg.sink = sink;
+  cfg.recent = window;
+  cfg.overflow = TieredConfig::Overflow::kDrop;
+  return cfg;
+}
+
+Status tiered_adopt(Policy& policy, int layer, int seq, const LayerContents& tokens, int length) {
+  auto* tiered = dynamic_cast<TieredPolicy*>(&policy);
+  KVLAB_CHECK(tiered != nullptr);
+  return tiered->adopt(layer, seq, tokens, length);
 }
 
 }  // namespace kvlab

@@ -34,4 +34,14 @@ struct TieredConfig {
 
 std::unique_ptr<Policy> make_tiered_policy(const PolicyContext& ctx, const TieredConfig& config);
 
+// StreamingLLM's store: the first `sink` tokens and a ring of the newest `window`, in `format`.
+TieredConfig streaming_config(KvFormat format, int sink, int window);
+
+// Makes slot `seq` of `layer` of a policy made by make_tiered_policy (overflow kDrop or kNone)
+// hold `tokens`, as if the sequence had been written up to `length` tokens and its other tokens
+// evicted: positions below the sink size fill the sink tier (0, 1, ...), the others, consecutive
+// and ending at length - 1, the recent tier (at most its capacity). Keys post-RoPE. Anything
+// else is an error and leaves the slot empty.
+Status tiered_adopt(Policy& policy, int layer, int seq, const LayerContents& tokens, int length);
+
 }  // namespace kvlab

@@ -527,6 +527,7 @@ PolicyInfo xkv_policy_info() {
   info.test_specs = {"xkv:group=2,rank_k=64,rank_v=64,dtype=f32", "xkv:group=2,rank_k=64,rank_v=64",
                      "xkv:group=2,rank_k=8,rank_v=12", "xkv:group=2,rank_k=64,rank_v=64,factors=int8,factor_group=16",
                      "xkv:group=2,rank_k=8,rank_v=8,min_tokens=1048576,dtype=f32"};
+  info.crosses_layers = [](const PolicyParams& p) { return p.get_int("group") > 1; };
   info.off_spec = "xkv:group=2,rank_k=8,rank_v=8,min_tokens=1048576,dtype=f32";
   info.roundtrip_tolerance = [](const PolicyParams& p) {
     // Below full rank xKV keeps the best rank-r approximation, with no per-element bound (the
