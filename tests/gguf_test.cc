@@ -816,7 +816,9 @@ TEST_F(SmolLM2, OpensFastWithConfigMetadata) {
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   ASSERT_TRUE(g.ok()) << g.status().to_string();
   RecordProperty("open_seconds", std::to_string(seconds));
-  EXPECT_LT(seconds, 1.0) << "opening and validating the 98 MB file";
+  // A bound against a pathological (quadratic) parse, not a speed target: the open takes about
+  // 0.5 s here, and a loaded CI machine must not fail it.
+  EXPECT_LT(seconds, 10.0) << "opening and validating the 98 MB file";
   EXPECT_EQ(g->version(), 3u);
   EXPECT_EQ(g->tensors().size(), 272u);
   EXPECT_EQ(*g->get_string("general.architecture"), "llama");
