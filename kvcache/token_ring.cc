@@ -119,11 +119,13 @@ void TokenRing::truncate(int n) {
   }
 }
 
-void TokenRing::clear() {
+void TokenRing::clear(int dropped) {
+  KVLAB_CHECK(dropped >= 0);
   start_ = 0;
   size_ = 0;
   wrapped_ = false;
   truncate(0);
+  start_ = dropped % capacity_;
   pages_.shrink_to_fit();
   metas_.shrink_to_fit();
 }

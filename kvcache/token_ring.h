@@ -53,8 +53,10 @@ class TokenRing {
   void pop_front(int n);
   // Keeps the n oldest tokens.
   void truncate(int n);
-  // Frees every page.
-  void clear();
+  // Frees every page. The next token goes to the slot a ring that had dropped `dropped` tokens
+  // would give it, so that a ring filled at once has the layout (and attention over it the
+  // summation order) of one written token by token.
+  void clear(int dropped = 0);
 
   // Token i (0 = oldest) as f32. k, v: [n_kv_heads * head_dim].
   void read(int i, float* k, float* v) const;

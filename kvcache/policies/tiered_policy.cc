@@ -127,6 +127,9 @@ class TieredPolicy final : public Policy {
       sl.sink.clear();
       return invalid_argument("tiered_adopt: the tokens after the sink must be the last ones of the sequence and fit the ring");
     }
+    // The ring as writing the sequence token by token would have left it (same slots, so the
+    // same attention blocks and summation order as the streaming policy's).
+    sl.recent.clear(std::max(0, length - cfg_.sink - n_recent));
     for (; i < n; ++i) sl.recent.push(&c.k[size_t(i) * kv_dim], &c.v[size_t(i) * kv_dim]);
     sl.next = length;
     return Status::Ok();
