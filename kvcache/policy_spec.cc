@@ -4,6 +4,7 @@
 #include <charconv>
 #include <cmath>
 #include <set>
+#include <sstream>
 
 #include "base/check.h"
 #include "kvcache/registry.h"
@@ -52,7 +53,12 @@ std::string describe(const ParamInfo& p) {
       break;
     }
     case ParamInfo::Kind::kInt: d += "<int " + std::to_string(int64_t(p.min)) + ".." + std::to_string(int64_t(p.max)) + ">"; break;
-    case ParamInfo::Kind::kFloat: d += "<number>"; break;
+    case ParamInfo::Kind::kFloat: {
+      std::ostringstream r;
+      r << "<number " << p.min << ".." << p.max << ">";
+      d += r.str();
+      break;
+    }
     case ParamInfo::Kind::kString: d += "<text>"; break;
     case ParamInfo::Kind::kSpec: d += "[<policy spec>]"; break;
   }
