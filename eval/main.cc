@@ -425,15 +425,7 @@ Status cmd_policies() {
   for (const PolicyInfo& p : registered_policies()) {
     std::printf("%s: %s\n", p.name.c_str(), p.summary.c_str());
     for (const ParamInfo& k : p.params) {
-      std::string values;
-      if (k.kind == ParamInfo::Kind::kChoice) {
-        for (const auto& c : k.choices) values += (values.empty() ? "" : "|") + c;
-      } else if (k.kind == ParamInfo::Kind::kInt) {
-        values = std::to_string(int64_t(k.min)) + ".." + std::to_string(int64_t(k.max));
-      } else {
-        values = k.kind == ParamInfo::Kind::kFloat ? "number" : "text";
-      }
-      std::printf("    %-12s %-24s default %-8s %s\n", k.key.c_str(), values.c_str(), k.default_value.c_str(),
+      std::printf("    %-12s %-24s default %-8s %s\n", k.key.c_str(), param_values(k).c_str(), k.default_value.c_str(),
                   k.doc.c_str());
     }
   }

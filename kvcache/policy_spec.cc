@@ -4,7 +4,6 @@
 #include <charconv>
 #include <cmath>
 #include <set>
-#include <sstream>
 
 #include "base/check.h"
 #include "kvcache/registry.h"
@@ -45,25 +44,7 @@ bool parse_float(std::string_view s, double* out) {
   return r.ec == std::errc() && r.ptr == s.data() + s.size() && !s.empty() && std::isfinite(*out);
 }
 
-std::string describe(const ParamInfo& p) {
-  std::string d = p.key + "=";
-  switch (p.kind) {
-    case ParamInfo::Kind::kChoice: {
-      for (size_t i = 0; i < p.choices.size(); ++i) d += (i ? "|" : "") + p.choices[i];
-      break;
-    }
-    case ParamInfo::Kind::kInt: d += "<int " + std::to_string(int64_t(p.min)) + ".." + std::to_string(int64_t(p.max)) + ">"; break;
-    case ParamInfo::Kind::kFloat: {
-      std::ostringstream r;
-      r << "<number " << p.min << ".." << p.max << ">";
-      d += r.str();
-      break;
-    }
-    case ParamInfo::Kind::kString: d += "<text>"; break;
-    case ParamInfo::Kind::kSpec: d += "[<policy spec>]"; break;
-  }
-  return d;
-}
+std::string describe(const ParamInfo& p) { return p.key + "=" + param_values(p); }
 
 std::string valid_keys(const PolicyInfo& info) {
   if (info.params.empty()) return "(policy '" + info.name + "' takes no parameters)";

@@ -1,5 +1,7 @@
 #include "kvcache/registry.h"
 
+#include <sstream>
+
 #include "kvcache/policies/policies.h"
 
 namespace kvlab {
@@ -29,6 +31,25 @@ std::string registered_policy_names() {
   std::string s;
   for (const PolicyInfo& p : registered_policies()) s += (s.empty() ? "" : ", ") + p.name;
   return s;
+}
+
+std::string param_values(const ParamInfo& p) {
+  switch (p.kind) {
+    case ParamInfo::Kind::kChoice: {
+      std::string v;
+      for (const std::string& c : p.choices) v += (v.empty() ? "" : "|") + c;
+      return v;
+    }
+    case ParamInfo::Kind::kInt: return std::to_string(int64_t(p.min)) + ".." + std::to_string(int64_t(p.max));
+    case ParamInfo::Kind::kFloat: {
+      std::ostringstream r;
+      r << p.min << ".." << p.max;
+      return r.str();
+    }
+    case ParamInfo::Kind::kString: return "text";
+    case ParamInfo::Kind::kSpec: return "[policy spec]";
+  }
+  return "";
 }
 
 }  // namespace kvlab

@@ -24,6 +24,10 @@ struct ParamInfo {
   std::string doc;
 };
 
+// The values a parameter accepts, as `kvlab policies` lists them and errors quote them:
+// "f32|f16" (choices), "1..1048576" (integers), "0..1" (numbers), "text", "[policy spec]".
+std::string param_values(const ParamInfo& p);
+
 struct PolicyInfo {
   std::string name;
   std::string summary;  // one line for `kvlab policies` and error messages
