@@ -1,8 +1,9 @@
 // End-to-end decoder throughput: prefill and decode tokens/s for stories260K and SmolLM2-135M,
 // batch 1 and 8, contexts 512 and 2048 (stories260K: 512 only, its trained context), with the
-// full f16 cache. Other caches and contexts (SmolLM2 only), all in one run, batch 1 and 8 each:
+// full f16 cache. Other caches, contexts (SmolLM2 only) and batches (default 1 and 8), all in one run:
 //
 //   build/bin/decoder_bench --cache=full:dtype=f16 --cache=xkv:group=4,rank_k=128,rank_v=192 --context=4096
+//   build/bin/decoder_bench --cache=full:dtype=f16 --cache=lighttransfer:rho=0.5 --context=8192 --batch=16
 //
 // A prefill's time includes whatever the cache does when it is written (xKV: the factorization).
 //
@@ -85,6 +86,7 @@ void BM_Prefill(benchmark::State& state, std::string spec, std::string alias, in
   state.counters["tokens_per_s"] = benchmark::Counter(tokens, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["GFLOPs"] = benchmark::Counter(2.0 * double(m->weight_bytes() / 4) * tokens * 1e-9,
                                                 benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["kv_bytes"] = double(cache->memory().kv_bytes());
   state.counters["bytes_per_step"] = bytes;
   state.counters["GBps"] = benchmark::Counter(bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["stream_GBps"] = stream_gbps();
@@ -125,6 +127,7 @@ void BM_Decode(benchmark::State& state, std::string spec, std::string alias, int
   }
   const double bytes = double(m->weight_bytes()) + cache_bytes;
   state.counters["tokens_per_s"] = benchmark::Counter(batch, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["kv_bytes"] = cache_bytes;
   state.counters["bytes_per_step"] = bytes;
   state.counters["GBps"] = benchmark::Counter(bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["stream_GBps"] = stream_gbps();
@@ -133,7 +136,7 @@ void BM_Decode(benchmark::State& state, std::string spec, std::string alias, int
 }
 
 // caches / contexts: the --cache= / --context= options (none: the default shapes).
-void register_all(std::vector<std::string> caches, const std::vector<int>& contexts) {
+void register_all(std::vector<std::string> caches, const std::vector<int>& contexts, std::vector<int> batches) {
   struct Shape {
     std::string alias;
     int ctx;
@@ -144,9 +147,10 @@ void register_all(std::vector<std::string> caches, const std::vector<int>& conte
     for (int c : contexts) shapes.push_back({"smollm2-135m", c});
   }
   if (caches.empty()) caches = {kDefaultCache};
+  if (batches.empty()) batches = {1, 8};
   for (const std::string& spec : caches) {
     for (const Shape& s : shapes) {
-      for (int batch : {1, 8}) {
+      for (int batch : batches) {
         std::string suffix = s.alias + "/ctx:" + std::to_string(s.ctx) + "/b:" + std::to_string(batch);
         if (caches.size() > 1 || spec != kDefaultCache) suffix += "/" + spec;
         const bool big = s.alias != "stories260k";
@@ -168,6 +172,7 @@ int main(int argc, char** argv) {
   // Our options first (Google Benchmark rejects what it does not know).
   std::vector<std::string> caches;
   std::vector<int> contexts;
+  std::vector<int> batches;
   int kept = 1;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -181,6 +186,14 @@ int main(int argc, char** argv) {
         return 2;
       }
       contexts.push_back(int(c));
+    } else if (a.rfind("--batch=", 0) == 0) {
+      char* end = nullptr;
+      const long b = std::strtol(a.c_str() + 8, &end, 10);
+      if (*end != '\0' || b < 1 || b > 1024) {
+        std::fprintf(stderr, "decoder_bench: --batch wants a sequence count 1..1024 (got %s)\n", a.c_str() + 8);
+        return 2;
+      }
+      batches.push_back(int(b));
     } else {
       argv[kept++] = argv[i];
     }
@@ -189,7 +202,7 @@ int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::AddCustomContext("stream_read_GBps", std::to_string(kvlab::stream_gbps()));
-  kvlab::register_all(caches, contexts);
+  kvlab::register_all(caches, contexts, batches);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;
