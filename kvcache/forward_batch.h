@@ -12,6 +12,10 @@ struct SeqSpan {
   int start_pos = 0;  // position of the first new token = tokens written to this slot so far
   int n_new = 0;      // new tokens of this sequence in this forward (>= 1)
   int row = 0;        // first row of these tokens in the [n_rows, ...] arrays
+  // false: the new tokens attend over the history and themselves but are not stored, and the
+  // slot's length does not advance (decode sparsification's dropped tokens). Only policies whose
+  // registry entry says stores_selectively honour it.
+  bool store = true;
 };
 
 struct ForwardBatch {

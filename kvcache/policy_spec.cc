@@ -193,6 +193,12 @@ double PolicyParams::get_float(const std::string& key) const {
   return v;
 }
 
+StatusOr<PolicySpec> PolicyParams::get_spec(const std::string& key) const {
+  const std::string& v = get(key);
+  const std::string_view inner = v.size() >= 2 && v.front() == '[' ? std::string_view(v).substr(1, v.size() - 2) : v;
+  return parse_policy_spec(inner);
+}
+
 StatusOr<std::vector<LayerAssignment>> parse_cache_spec(std::string_view text, int n_layers) {
   text = trim(text);
   if (text.empty()) return invalid_argument("empty policy spec (valid policies: " + registered_policy_names() + ")");

@@ -22,12 +22,16 @@ namespace kvlab {
 
 inline constexpr const char* kDefaultPolicySpec = "full:dtype=f16";
 
+struct PolicySpec;
+
 // One value per parameter, validated and with defaults filled in.
 class PolicyParams {
  public:
   const std::string& get(const std::string& key) const;  // REQUIRES: a declared key
   int get_int(const std::string& key) const;
   double get_float(const std::string& key) const;
+  // A parameter holding a nested spec ("[kivi:bits=4]"), parsed.
+  StatusOr<PolicySpec> get_spec(const std::string& key) const;
   void set(const std::string& key, std::string value) { values_[key] = std::move(value); }
   const std::map<std::string, std::string>& values() const { return values_; }
 

@@ -1,14 +1,18 @@
 #include "kvcache/registry.h"
 
+#include <algorithm>
+#include <cctype>
 #include <sstream>
 
 #include "kvcache/policies/policies.h"
 
 namespace kvlab {
 
-const std::vector<PolicyInfo>& registered_policies() {
+namespace {
+
+std::vector<PolicyInfo>& registry() {
   // One line per policy. The conformance suite (tests/conformance_test.cc) runs all of them.
-  static const std::vector<PolicyInfo> policies = {
+  static std::vector<PolicyInfo> policies = {
       full_policy_info(),
       quant_policy_info(),
       kivi_policy_info(),
@@ -16,8 +20,24 @@ const std::vector<PolicyInfo>& registered_policies() {
       aquakv_policy_info(),
       xkv_policy_info(),
       lighttransfer_policy_info(),
+      dynsparse_policy_info(),
   };
   return policies;
+}
+
+}  // namespace
+
+const std::vector<PolicyInfo>& registered_policies() { return registry(); }
+
+Status register_policy(PolicyInfo info) {
+  const auto name_char = [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-'; };
+  if (info.name.empty() || !std::all_of(info.name.begin(), info.name.end(), name_char)) {
+    return invalid_argument("register_policy: '" + info.name + "' is not a policy name (letters, digits, _ and -)");
+  }
+  if (find_policy(info.name)) return invalid_argument("register_policy: a policy named " + info.name + " exists");
+  if (!info.make) return invalid_argument("register_policy: " + info.name + " has no make function");
+  registry().push_back(std::move(info));
+  return Status::Ok();
 }
 
 const PolicyInfo* find_policy(const std::string& name) {

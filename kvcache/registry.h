@@ -38,6 +38,9 @@ struct PolicyInfo {
   // Whether an instance keeps state that spans its layers (AQUA-KV's predictor chain, xKV's
   // layer groups), so that running it one layer at a time would change the method. Unset: no.
   std::function<bool(const PolicyParams&)> crosses_layers;
+  // Whether attend() honours SeqSpan::store == false (stores nothing for such a sequence and
+  // keeps its slot as it was), so that the policy can hold decode sparsification's kept tokens.
+  bool stores_selectively = false;
 
   // --- what the conformance suite needs ---
   // Specs exercised by every generic test (at least the default and the off setting). "{test_dir}"
@@ -51,6 +54,9 @@ struct PolicyInfo {
 };
 
 const std::vector<PolicyInfo>& registered_policies();
+// Adds a policy written outside kvlab (a test's reference, a policy from Python). Call it before
+// any cache is made, from one thread; the name must be new. The policy is then valid in specs.
+Status register_policy(PolicyInfo info);
 const PolicyInfo* find_policy(const std::string& name);
 // "full, quant, ..." for error messages.
 std::string registered_policy_names();

@@ -102,6 +102,13 @@ TEST(CliTest, UnknownPolicyAndBadParameter) {
                  "bad policy spec for lighttransfer:base: bad value '9' for kivi:bits");
   expect_failure({"eval", "--model", "stories260k", "--text", text, "--policy", "lighttransfer:window=64,base=[kivi:bits=4"},
                  "unbalanced brackets");
+  // dynsparse: keep outside (0, 1], K outside the model's 5 layers.
+  expect_failure({"eval", "--model", "stories260k", "--text", text, "--policy", "dynsparse:keep=0"},
+                 "keeps no generated token; keep is in (0, 1]");
+  expect_failure({"eval", "--model", "stories260k", "--text", text, "--policy", "dynsparse:keep=1.01"},
+                 "bad value '1.01' for dynsparse:keep: out of range");
+  expect_failure({"eval", "--model", "stories260k", "--text", text, "--policy", "dynsparse:layer=7"},
+                 "layer=7 is outside the layers 0..4");
 }
 
 TEST(CliTest, ContextLongerThanTheModel) {

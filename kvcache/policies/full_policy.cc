@@ -12,6 +12,7 @@ PolicyInfo full_policy_info() {
   info.summary = "every token kept (f32, f16, bf16, or fp8 e4m3 with a per-token scale)";
   info.params = {{"dtype", ParamInfo::Kind::kChoice, "f16", {"f32", "f16", "bf16", "fp8"}, 0, 0,
                   "element type of stored keys and values"}};
+  info.stores_selectively = true;
   info.make = [](const PolicyContext& ctx, const PolicyParams& p) -> StatusOr<std::unique_ptr<Policy>> {
     TieredConfig cfg;
     KVLAB_ASSIGN_OR_RETURN(cfg.exact_format, parse_dense_format(p.get("dtype")));

@@ -52,14 +52,6 @@ struct LightTransferConfig {
   PolicySpec base;
 };
 
-// "[full:dtype=f16]" -> its parsed spec.
-StatusOr<PolicySpec> nested_spec(const std::string& value) {
-  const std::string_view inner = value.size() >= 2 && value.front() == '['
-                                     ? std::string_view(value).substr(1, value.size() - 2)
-                                     : std::string_view(value);
-  return parse_policy_spec(inner);
-}
-
 // Rows of a forward batch that belong to some of its sequences, gathered into arrays of their
 // own (a policy's attend() and commit() see only its sequences).
 struct SubBatch {
@@ -437,7 +429,7 @@ PolicyInfo lighttransfer_policy_info() {
     cfg.queries = p.get_int("queries");
     cfg.seed = uint32_t(p.get_int("seed"));
     KVLAB_ASSIGN_OR_RETURN(cfg.dtype, parse_dense_format(p.get("dtype")));
-    KVLAB_ASSIGN_OR_RETURN(cfg.base, nested_spec(p.get("base")));
+    KVLAB_ASSIGN_OR_RETURN(cfg.base, p.get_spec("base"));
     const int context = ctx.geometry.max_seq_len;
     if (int64_t(cfg.sink) + cfg.window >= context) {
       return invalid_argument("lighttransfer: sink " + std::to_string(cfg.sink) + " + window " +
@@ -445,7 +437,7 @@ PolicyInfo lighttransfer_policy_info() {
                               std::to_string(context) + " tokens: no layer could ever be compressed");
     }
     const PolicyInfo* base = find_policy(cfg.base.name);
-    if (cfg.base.name == "lighttransfer" || cfg.base.name == "streaming") {
+    if (cfg.base.name == "lighttransfer" || cfg.base.name == "streaming" || cfg.base.name == "dynsparse") {
       return invalid_argument("lighttransfer: base=" + cfg.base.text + " evicts tokens itself; the base must keep every " +
                               "token (rule=threshold,tau=0 makes every layer streaming)");
     }
@@ -465,7 +457,7 @@ PolicyInfo lighttransfer_policy_info() {
                      "lighttransfer:rule=last,rho=1,sink=1,window=40,base=[xkv:group=1,rank_k=8,rank_v=8]"};
   info.off_spec = "lighttransfer:rho=0,window=16,base=[full:dtype=f32]";
   info.roundtrip_tolerance = [](const PolicyParams& p) {
-    const PolicySpec base = nested_spec(p.get("base")).value();
+    const PolicySpec base = p.get_spec("base").value();
     return find_policy(base.name)->roundtrip_tolerance(base.params) +
            dense_relative_error(parse_dense_format(p.get("dtype")).value());
   };

@@ -21,6 +21,7 @@ PolicyInfo quant_policy_info() {
       {"residual", ParamInfo::Kind::kInt, "0", {}, 0, 1 << 20, "newest tokens kept exact"},
       {"dtype", ParamInfo::Kind::kChoice, "f16", {"f32", "f16", "bf16"}, 0, 0, "storage of the exact tokens"},
   };
+  info.stores_selectively = true;
   info.make = [](const PolicyContext& ctx, const PolicyParams& p) -> StatusOr<std::unique_ptr<Policy>> {
     const int d = ctx.geometry.head_dim;
     const int group = std::min(p.get_int("group"), d);

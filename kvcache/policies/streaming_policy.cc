@@ -17,6 +17,7 @@ PolicyInfo streaming_policy_info() {
       {"window", ParamInfo::Kind::kInt, "1024", {}, 1, 1 << 20, "newest tokens kept"},
       {"dtype", ParamInfo::Kind::kChoice, "f16", {"f32", "f16", "bf16", "fp8"}, 0, 0, "element type of kept tokens"},
   };
+  info.stores_selectively = true;
   info.make = [](const PolicyContext& ctx, const PolicyParams& p) -> StatusOr<std::unique_ptr<Policy>> {
     KVLAB_ASSIGN_OR_RETURN(const KvFormat format, parse_dense_format(p.get("dtype")));
     return make_tiered_policy(ctx, streaming_config(format, p.get_int("sink"), p.get_int("window")));

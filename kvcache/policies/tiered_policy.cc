@@ -51,6 +51,7 @@ class TieredPolicy final : public Policy {
     // Keys are stored post-RoPE: rotated once, read many times.
     const std::vector<float> k_rot = attend_batch(ctx_, layer, batch, q, k, v, out, views);
     for (const SeqSpan& sp : batch.seqs) {
+      if (!sp.store) continue;
       Slot& sl = slot(layer, sp.seq);
       for (int t = 0; t < sp.n_new; ++t) {
         write(sl, k_rot.data() + size_t(sp.row + t) * kv_dim, v + size_t(sp.row + t) * kv_dim);
