@@ -194,8 +194,7 @@ double PolicyParams::get_float(const std::string& key) const {
 }
 
 StatusOr<PolicySpec> PolicyParams::get_spec(const std::string& key) const {
-  const std::string& v = get(key);
-  const std::string_view inner = v.size() >= 2 && v.front() == '[' ? std::string_view(v).substr(1, v.size() - 2) : v;
+  KVLAB_ASSIGN_OR_RETURN(std::string_view inner, unbracket(get(key)));
   return parse_policy_spec(inner);
 }
 
