@@ -107,4 +107,22 @@ class BinaryReader {
   std::string what_;
 };
 
+// 64-bit FNV-1a: the checksum of calibration files.
+inline uint64_t fnv1a(const void* p, size_t n) {
+  uint64_t h = 1469598103934665603ull;
+  const auto* b = static_cast<const uint8_t*>(p);
+  for (size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 1099511628211ull;
+  return h;
+}
+
+// Side-data files (AQUA-KV predictors, dynsparse deciders): an 8-byte magic, a u32 format
+// version, the payload, and the FNV-1a of everything before it.
+//   write: `w` holds magic, version and payload; appends the checksum and writes atomically.
+Status write_checked_file(const std::string& path, BinaryWriter w);
+// Reads such a file. Errors name `kind` ("an AQUA-KV calibration file", made by `maker`): bad
+// magic, another version, a checksum mismatch (truncated or corrupted). Returns the bytes with
+// the checksum cut off; the payload starts at byte 12.
+StatusOr<std::vector<uint8_t>> read_checked_file(const std::string& path, const char (&magic)[8], uint32_t version,
+                                                 const std::string& kind, const std::string& maker);
+
 }  // namespace kvlab

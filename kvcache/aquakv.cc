@@ -14,13 +14,6 @@ namespace {
 
 constexpr char kMagic[8] = {'K', 'V', 'L', 'A', 'B', '-', 'A', 'Q'};
 
-uint64_t fnv1a(const void* p, size_t n) {
-  uint64_t h = 1469598103934665603ull;
-  const auto* b = static_cast<const uint8_t*>(p);
-  for (size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 1099511628211ull;
-  return h;
-}
-
 // out[n, C] = x[n, k] W^T + w0.
 void affine(const float* x, int64_t n, int64_t k, const std::vector<float>& w, const std::vector<float>& w0, int C,
             float* out) {
@@ -151,32 +144,15 @@ Status AquaPredictors::save(const std::string& path) const {
     w.put_array(p.b0.data(), p.b0.size());
     for (double x : {p.k_rel_train, p.k_rel_valid, p.v_rel_train, p.v_rel_valid}) w.put<double>(x);
   }
-  w.put<uint64_t>(fnv1a(w.bytes().data(), w.bytes().size()));
-  return write_file_atomic(path, w.bytes());
+  return write_checked_file(path, std::move(w));
 }
 
 StatusOr<AquaPredictors> AquaPredictors::load(const std::string& path, const KvGeometry& g, int first_layer,
                                               int last_layer, int bits, HiggsQuantizer::Rotation rotation) {
-  KVLAB_ASSIGN_OR_RETURN(std::vector<uint8_t> data, read_file_bytes(path));
+  KVLAB_ASSIGN_OR_RETURN(std::vector<uint8_t> data, read_checked_file(path, kMagic, kAquaFileVersion,
+                                                                     "an AQUA-KV calibration file", "kvlab calibrate"));
   const std::string what = "calibration file " + path;
-  if (data.size() < sizeof kMagic + 4 || std::memcmp(data.data(), kMagic, sizeof kMagic) != 0) {
-    return invalid_argument(what + ": not an AQUA-KV calibration file (bad magic; make one with kvlab calibrate)");
-  }
-  BinaryReader r(data.data(), data.size(), what);
-  char magic[8];
-  KVLAB_RETURN_IF_ERROR(r.get_bytes(magic, sizeof magic));
-  uint32_t version = 0;
-  KVLAB_RETURN_IF_ERROR(r.get(&version));
-  if (version != kAquaFileVersion) {
-    return invalid_argument(what + ": format version " + std::to_string(version) + ", this build reads version " +
-                            std::to_string(kAquaFileVersion) + " (recalibrate with this kvlab)");
-  }
-  if (data.size() < sizeof kMagic + 4 + 8) return data_loss(what + ": truncated");
-  uint64_t stored_sum = 0;
-  std::memcpy(&stored_sum, data.data() + data.size() - 8, 8);
-  if (fnv1a(data.data(), data.size() - 8) != stored_sum) {
-    return data_loss(what + ": checksum mismatch (truncated or corrupted)");
-  }
+  BinaryReader r(data.data() + 12, data.size() - 12, what);
   AquaPredictors p;
   int32_t f[7];
   KVLAB_RETURN_IF_ERROR(r.get(&p.model_fingerprint));
@@ -220,7 +196,7 @@ StatusOr<AquaPredictors> AquaPredictors::load(const std::string& path, const KvG
     }
     p.layers.push_back(std::move(lp));
   }
-  if (r.remaining() != 8) return data_loss(what + ": " + std::to_string(r.remaining() - 8) + " unexpected trailing bytes");
+  if (r.remaining() != 0) return data_loss(what + ": " + std::to_string(r.remaining()) + " unexpected trailing bytes");
   return p;
 }
 
