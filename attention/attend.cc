@@ -10,6 +10,7 @@
 #include "base/check.h"
 #include "kernels/cpu/kv_attention.h"
 #include "kernels/cpu/kv_quantize.h"
+#include "kernels/cpu/matmul.h"
 #include "kernels/cpu/softmax.h"
 
 namespace kvlab {
@@ -161,6 +162,11 @@ void merge_into(Partial& a, const Partial& b, int d) {
   }
 }
 
+// The probabilities of the queries the observer wants, per kv head: its keys are dequantized
+// once ([n, d] f32, history then new tokens), the scores of every wanted query head of its group
+// come from one matrix product (the dispatched matmul kernel, f32), and the masked softmax of
+// each row from the online-softmax kernel in one block (so the observers' cost is that of two
+// kernel calls, not of a scalar loop: H2O and TOVA pay it at every decode step).
 void report_probs(const AttentionShape& shape, const SeqAttention& sa, int layer,
                   const AttentionObserver& observer) {
   const int d = shape.head_dim, G = shape.n_heads / shape.n_kv_heads;
@@ -169,12 +175,11 @@ void report_probs(const AttentionShape& shape, const SeqAttention& sa, int layer
     if (observer.wants(layer, sa.seq, sa.positions[t])) wanted.push_back(t);
   }
   if (wanted.empty()) return;
-  // Per kv head, its keys are dequantized once ([n, d] f32, history then new tokens) and shared
-  // by every wanted query and query head of its group.
-  std::vector<float> keys, block;
-  std::vector<int32_t> kpos;
-  std::vector<double> logits;
-  std::vector<float> probs;
+  constexpr int kRowsPerPass = 64;  // wanted tokens per product: bounds s at 64 * G * n floats
+  std::vector<float> keys, block, qs, s;
+  std::vector<int32_t> kpos, row_pos;
+  std::vector<float> m, l;
+  float no_acc = 0;  // d = 0 below: the kernel has no accumulator to rescale
   for (int g = 0; g < shape.n_kv_heads; ++g) {
     keys.clear();
     kpos.clear();
@@ -191,26 +196,38 @@ void report_probs(const AttentionShape& shape, const SeqAttention& sa, int layer
       keys.insert(keys.end(), k, k + d);
       kpos.push_back(sa.positions[j]);
     }
-    for (int t : wanted) {
-      const int32_t pos = sa.positions[t];
-      // History, then the new tokens up to and including this one.
-      size_t n = n_hist;
-      while (n < kpos.size() && kpos[n] <= pos) ++n;
-      for (int h = g * G; h < (g + 1) * G; ++h) {
-        const float* q = sa.q + size_t(t) * shape.q_dim() + size_t(h) * d;
-        logits.resize(n);
-        double mx = -INFINITY;
-        for (size_t j = 0; j < n; ++j) {
-          double s = 0;
-          for (int i = 0; i < d; ++i) s += double(q[i]) * keys[j * d + size_t(i)];
-          logits[j] = s * shape.scale;
-          mx = std::max(mx, logits[j]);
+    for (size_t w0 = 0; w0 < wanted.size(); w0 += kRowsPerPass) {
+      const size_t w1 = std::min(wanted.size(), w0 + kRowsPerPass);
+      // History, then the new tokens up to the last wanted one of this pass.
+      const int64_t n_pass = int64_t(n_hist) + wanted[w1 - 1] + 1;
+      const int rows = int(w1 - w0) * G;
+      qs.resize(size_t(rows) * d);
+      row_pos.resize(size_t(rows));
+      for (size_t w = w0; w < w1; ++w) {
+        for (int h = 0; h < G; ++h) {
+          const float* q = sa.q + size_t(wanted[w]) * shape.q_dim() + size_t(g * G + h) * d;
+          std::copy(q, q + d, &qs[((w - w0) * G + h) * d]);
+          row_pos[(w - w0) * G + h] = sa.positions[wanted[w]];
         }
-        double sum = 0;
-        for (size_t j = 0; j < n; ++j) sum += std::exp(logits[j] - mx);
-        probs.resize(n);
-        for (size_t j = 0; j < n; ++j) probs[j] = float(std::exp(logits[j] - mx) / sum);
-        observer.observe(layer, sa.seq, pos, h, probs, std::span<const int32_t>(kpos.data(), n));
+      }
+      s.resize(size_t(rows) * n_pass);
+      matmul(qs.data(), rows, d, keys.data(), n_pass, s.data());
+      for (float& x : s) x *= shape.scale;
+      m.assign(size_t(rows), kNegInf);
+      l.assign(size_t(rows), 0.0f);
+      online_softmax_block(s.data(), rows, int(n_pass), kpos.data(), 0, row_pos.data(), m.data(), l.data(), &no_acc, 0);
+      for (size_t w = w0; w < w1; ++w) {
+        const int32_t pos = sa.positions[wanted[w]];
+        // The keys it sees: every history key, then the new ones up to itself.
+        const size_t seen = n_hist + size_t(wanted[w]) + 1;
+        for (int h = 0; h < G; ++h) {
+          const int r = int(w - w0) * G + h;
+          float* p = &s[size_t(r) * n_pass];
+          const float inv = 1.0f / l[size_t(r)];
+          for (size_t j = 0; j < seen; ++j) p[j] *= inv;
+          observer.observe(layer, sa.seq, pos, g * G + h, std::span<const float>(p, seen),
+                           std::span<const int32_t>(kpos.data(), seen));
+        }
       }
     }
   }
