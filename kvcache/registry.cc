@@ -21,6 +21,7 @@ std::vector<PolicyInfo>& registry() {
       xkv_policy_info(),
       lighttransfer_policy_info(),
       dynsparse_policy_info(),
+      evict_policy_info(),
   };
   return policies;
 }

@@ -50,4 +50,37 @@ std::vector<int32_t> greedy(const Model& model, KvCache& cache, int seq, std::ve
   return out;
 }
 
+std::vector<int32_t> scrambled_ids(int n) {
+  std::vector<int32_t> ids;
+  for (int i = 0; i < n; ++i) ids.push_back(int32_t(3 + (i * 131) % 500));
+  return ids;
+}
+
+std::unique_ptr<KvCache> make_cache(const Model& model, const std::string& spec) {
+  auto c = model.make_cache(spec, 1);
+  EXPECT_TRUE(c.ok()) << spec << ": " << c.status().to_string();
+  return c.ok() ? std::move(c).value() : nullptr;
+}
+
+void expect_spec_error(const Model& model, const std::string& spec, const std::string& needle) {
+  auto c = model.make_cache(spec, 1);
+  ASSERT_FALSE(c.ok()) << spec;
+  EXPECT_NE(c.status().message().find(needle), std::string::npos) << c.status().message();
+}
+
+std::vector<std::vector<float>> decode_steps(const Model& model, KvCache& cache, const std::vector<int32_t>& ids,
+                                             int prompt, const std::function<void(int32_t)>& after_step) {
+  std::vector<std::vector<float>> steps;
+  std::vector<float> logits;
+  SeqInput in{0, std::span<const int32_t>(ids.data(), size_t(prompt))};
+  EXPECT_TRUE(model.forward(cache, {&in, 1}, LogitsMode::kLast, &logits).ok());
+  for (size_t t = size_t(prompt); t < ids.size(); ++t) {
+    SeqInput one{0, std::span<const int32_t>(&ids[t], 1)};
+    EXPECT_TRUE(model.forward(cache, {&one, 1}, LogitsMode::kLast, &logits).ok());
+    steps.push_back(logits);
+    if (after_step) after_step(int32_t(t));
+  }
+  return steps;
+}
+
 }  // namespace kvlab::testing
