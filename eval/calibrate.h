@@ -12,6 +12,7 @@
 #include "base/progress.h"
 #include "base/status.h"
 #include "kvcache/aquakv.h"
+#include "kvcache/dynsparse_decider.h"
 #include "model/model.h"
 
 namespace kvlab {
@@ -24,6 +25,7 @@ struct CalibrateConfig {
   double valid_fraction = 0.125;      // windows held out for the statistics
   std::vector<std::string> policies;  // aquakv specs (one assignment each, predictors on)
   std::vector<std::string> outputs;   // one file per policy
+  int horizon = 32;                   // dynsparse: queries after a token whose attention labels it
 };
 
 struct CalibrateResult {
@@ -38,5 +40,26 @@ StatusOr<CalibrateResult> run_calibration(const Model& model, const CalibrateCon
 // Per-layer table: relMSE of the K and V predictions (fitted / held-out tokens) and equivalent
 // bits = -log4(relMSE held out).
 std::string format_calibration(const CalibrateResult& r, const CalibrateConfig& config);
+
+// `kvlab calibrate --policy dynsparse:decider=mlp|probe,layer=K,...`: trains the learned keep
+// deciders of kvcache/dynsparse_decider.h with the model frozen. The unmodified model (full f32
+// cache) runs over windows of the text; per token it records the hidden state entering layer K
+// (the features) and the attention probability it receives from the next `horizon` queries,
+// summed over the query heads of layers >= K (the oracle). Tokens with a full horizon after
+// position 16 are labelled, "keep" when above their window's median. The last windows are held
+// out. Every policy given must name the same layer; one capture serves them all.
+struct DeciderCalibrationResult {
+  int windows = 0, layer = 0;
+  int64_t tokens = 0, valid_tokens = 0;
+  double capture_seconds = 0;
+  double knorm_valid_auc = 0;  // the knorm decider's score (minus the mean key norm) on the held-out labels
+  std::vector<double> fit_seconds;           // per policy
+  std::vector<DeciderFitReport> reports;     // per policy
+  std::vector<DeciderFile> files;            // per policy (also written to its output)
+  std::vector<int64_t> file_bytes;           // per policy
+};
+StatusOr<DeciderCalibrationResult> run_decider_calibration(const Model& model, const CalibrateConfig& config,
+                                                           Progress& progress);
+std::string format_decider_calibration(const DeciderCalibrationResult& r, const CalibrateConfig& config);
 
 }  // namespace kvlab

@@ -62,6 +62,9 @@ constexpr const char* kUsage =
     "                                           f32 logits of every position of one prefill\n"
     "  calibrate --model M --text FILE --policy aquakv:bits=B,... --out FILE [--policy P --out F ...]\n"
     "            [--lines A-B] [--tokens N] [--window W]   AQUA-KV predictors from the model's own K/V\n"
+    "  calibrate --model M --text FILE --policy dynsparse:decider=mlp|probe,layer=K --out FILE [...]\n"
+    "            [--lines A-B] [--tokens N] [--window W] [--horizon N]\n"
+    "                                           dynsparse keep deciders trained on attention labels\n"
     "  xkv-analyze --model M --text FILE [--tokens N] [--rank-k R] [--rank-v R] [--groups 1,2,4] [--json OUT]\n"
     "                                           xKV: per-layer low-rank error of K and V in groups of\n"
     "                                           adjacent layers, subspace overlap of adjacent layers\n"
@@ -321,7 +324,12 @@ Status cmd_calibrate(const Args& a) {
   KVLAB_ASSIGN_OR_RETURN(cfg.text_path, a.get("--text"));
   cfg.policies = a.all("--policy");
   cfg.outputs = a.all("--out");
+  // dynsparse deciders learn from the attention of every query of layers >= K (slower per token)
+  const bool deciders = !cfg.policies.empty() && cfg.policies[0].rfind("dynsparse", 0) == 0;
+  if (deciders) cfg.tokens = 32768;
   KVLAB_ASSIGN_OR_RETURN(cfg.tokens, a.get_int("--tokens", cfg.tokens, 16, int64_t(1) << 32));
+  KVLAB_ASSIGN_OR_RETURN(int64_t horizon, a.get_int("--horizon", cfg.horizon, 1, 1 << 24));
+  cfg.horizon = int(horizon);
   KVLAB_ASSIGN_OR_RETURN(int64_t window, a.get_int("--window", cfg.window, 2, 1 << 24));
   cfg.window = int(window);
   if (a.has("--lines")) {
@@ -335,8 +343,13 @@ Status cmd_calibrate(const Args& a) {
   KVLAB_ASSIGN_OR_RETURN(auto model, load_model(a));
   Progress progress(a.has("--quiet"));
   const auto t0 = std::chrono::steady_clock::now();
-  KVLAB_ASSIGN_OR_RETURN(CalibrateResult r, run_calibration(*model, cfg, progress));
-  std::fputs(format_calibration(r, cfg).c_str(), stdout);
+  if (deciders) {
+    KVLAB_ASSIGN_OR_RETURN(DeciderCalibrationResult r, run_decider_calibration(*model, cfg, progress));
+    std::fputs(format_decider_calibration(r, cfg).c_str(), stdout);
+  } else {
+    KVLAB_ASSIGN_OR_RETURN(CalibrateResult r, run_calibration(*model, cfg, progress));
+    std::fputs(format_calibration(r, cfg).c_str(), stdout);
+  }
   std::printf("total %.1f s\n", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   return Status::Ok();
 }
@@ -460,7 +473,7 @@ Status run(int argc, char** argv) {
                            "--distance"});
   }
   else if (cmd == "ppl") options = with_common({"--text", "--paragraphs", "--policy"});
-  else if (cmd == "calibrate") options = with_common({"--text", "--policy", "--out", "--lines", "--tokens", "--window"});
+  else if (cmd == "calibrate") options = with_common({"--text", "--policy", "--out", "--lines", "--tokens", "--window", "--horizon"});
   else if (cmd == "logits") options = with_common({"--prompt", "--ids", "--out", "--policy"});
   else if (cmd == "xkv-analyze")
     options = with_common({"--text", "--tokens", "--rank-k", "--rank-v", "--groups", "--json"});

@@ -64,4 +64,19 @@ StatusOr<std::vector<std::vector<int32_t>>> make_copy_windows(const std::vector<
   return out;
 }
 
+StatusOr<std::string> select_lines(const std::string& text, int first, int last) {
+  std::string out;
+  int line = 1;
+  size_t at = 0;
+  while (at < text.size() && (last == 0 || line <= last)) {
+    size_t end = text.find('\n', at);
+    if (end == std::string::npos) end = text.size();
+    if (line >= first) out.append(text, at, end - at + 1);  // append clamps at the end of text
+    at = end + 1;
+    ++line;
+  }
+  if (out.empty()) return invalid_argument("no text in lines " + std::to_string(first) + "-" + std::to_string(last));
+  return out;
+}
+
 }  // namespace kvlab

@@ -11,6 +11,8 @@ namespace kvlab {
 
 // The file's text; an empty (or whitespace-only) file is kInvalidArgument.
 StatusOr<std::string> read_eval_text(const std::string& path);
+// Lines first..last (1-based, inclusive; last 0: to the end) of `text`, newlines kept.
+StatusOr<std::string> select_lines(const std::string& text, int first, int last);
 // The first `max_paragraphs` (all if < 0) non-empty paragraphs separated by blank lines ("\n\n").
 std::vector<std::string> split_paragraphs(const std::string& text, int max_paragraphs);
 // `windows` windows of `context` tokens: BOS followed by the next context-1 tokens of `tokens`,

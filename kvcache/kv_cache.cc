@@ -78,10 +78,13 @@ StatusOr<ForwardBatch> KvCache::plan(std::span<const int> seqs, std::span<const 
   return b;
 }
 
-bool KvCache::wants_hidden(int layer) const { return policy_of(layer).wants_hidden(layer); }
+bool KvCache::wants_hidden(int layer) const {
+  return policy_of(layer).wants_hidden(layer) || (hidden_observer_ && hidden_observer_->wants(layer));
+}
 
 void KvCache::observe_hidden(int layer, const ForwardBatch& batch, const float* h, int dim) {
-  policy_of(layer).observe_hidden(layer, batch, h, dim);
+  if (policy_of(layer).wants_hidden(layer)) policy_of(layer).observe_hidden(layer, batch, h, dim);
+  if (hidden_observer_ && hidden_observer_->wants(layer)) hidden_observer_->observe(layer, batch, h, dim);
 }
 
 void KvCache::attend(int layer, const ForwardBatch& batch, const float* q, const float* k,

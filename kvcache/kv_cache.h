@@ -27,6 +27,16 @@
 
 namespace kvlab {
 
+// Receives the residual stream entering the layers it wants (calibration: the features of a
+// learned decider), beside the policies that want it.
+class HiddenObserver {
+ public:
+  virtual ~HiddenObserver() = default;
+  virtual bool wants(int layer) const = 0;
+  //   h: [n_rows, dim]
+  virtual void observe(int layer, const ForwardBatch& batch, const float* h, int dim) const = 0;
+};
+
 class KvCache {
  public:
   // `rope` must outlive the cache (the model owns it).
@@ -75,6 +85,7 @@ class KvCache {
 
   // Receives attention probabilities of the queries it wants (null: none).
   void set_observer(const AttentionObserver* observer) { observer_ = observer; }
+  void set_hidden_observer(const HiddenObserver* observer) { hidden_observer_ = observer; }
 
  private:
   KvCache() = default;
@@ -86,6 +97,7 @@ class KvCache {
   std::vector<LayerAssignment> layout_;
   MemoryLedger ledger_;  // declared before the policies: they return memory to it when destroyed
   const AttentionObserver* observer_ = nullptr;
+  const HiddenObserver* hidden_observer_ = nullptr;
   std::vector<std::unique_ptr<Policy>> policies_;  // one per layout_ entry
   std::vector<Policy*> layer_policy_;              // [n_layers]
   std::vector<int> lengths_;                       // [max_seqs]

@@ -109,6 +109,25 @@ TEST(CliTest, UnknownPolicyAndBadParameter) {
                  "bad value '1.01' for dynsparse:keep: out of range");
   expect_failure({"eval", "--model", "stories260k", "--text", text, "--policy", "dynsparse:layer=7"},
                  "layer=7 is outside the layers 0..4");
+  // A decider file for another K, another kind, another model; calibrating what learns nothing.
+  const std::string dir = testing::temp_dir();
+  const std::string probe = dir + "/cli_probe1.bin";
+  const auto made = run_kvlab({"calibrate", "--model", "stories260k", "--text", text, "--policy",
+                               "dynsparse:decider=probe,layer=1", "--out", probe, "--tokens", "600", "--window", "128",
+                               "--horizon", "8", "--quiet"});
+  ASSERT_EQ(made.exit_code, 0) << made.output;
+  EXPECT_NE(made.output.find("held AUC"), std::string::npos) << made.output;
+  expect_failure({"eval", "--model", "stories260k", "--text", text, "--policy", "dynsparse:layer=2,decider=probe,calib=" + probe},
+                 "trained at layer=1, the policy asks for layer=2");
+  expect_failure({"eval", "--model", "stories260k", "--text", text, "--policy", "dynsparse:layer=1,decider=mlp,calib=" + probe},
+                 "holds a decider=probe, the policy asks for decider=mlp");
+  const std::string smol = testing::smollm2_path();
+  ASSERT_FALSE(smol.empty());
+  expect_failure({"eval", "--model", smol, "--text", text, "--policy", "dynsparse:layer=1,decider=probe,calib=" + probe},
+                 "made for another model");
+  expect_failure({"calibrate", "--model", "stories260k", "--text", text, "--policy", "dynsparse:decider=knorm",
+                  "--out", dir + "/never.bin"},
+                 "which learns nothing");
 }
 
 TEST(CliTest, ContextLongerThanTheModel) {

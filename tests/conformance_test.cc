@@ -136,6 +136,11 @@ TEST_P(ConformanceTest, WriteReadRoundTrip) {
         for (auto* x : {&q, &k, &v}) {
           for (float& e : *x) e = nd(rng);
         }
+        if (cache->wants_hidden(l)) {  // the decoder's protocol: the residual stream first ([rows, q_dim] here)
+          std::vector<float> h(size_t(rows) * g.q_dim());
+          for (float& e : h) e = nd(rng);
+          cache->observe_hidden(l, *batch, h.data(), g.q_dim());
+        }
         cache->attend(l, *batch, q.data(), k.data(), v.data(), out.data());
         std::vector<float> k_rot = k;
         model().rope().rotate(k_rot.data(), rows, g.n_kv_heads, batch->positions.data());

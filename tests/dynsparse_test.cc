@@ -6,44 +6,37 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <functional>
 #include <cmath>
+#include <cstdio>
 #include <set>
 
 #include "attention/attend.h"
+#include "kvcache/dynsparse_decider.h"
 #include "kvcache/kv_cache.h"
 #include "kvcache/registry.h"
 #include "tests/testing/models.h"
+#include "tests/testing/test_paths.h"
 
 namespace kvlab {
 namespace {
 
 constexpr int kPrompt = 40;
 
-std::vector<int32_t> tokens(int n) {
-  std::vector<int32_t> ids;
-  for (int i = 0; i < n; ++i) ids.push_back(int32_t(3 + (i * 131) % 500));
-  return ids;
+// Prefills kPrompt tokens, then decodes the rest of `ids` one token per step.
+std::vector<std::vector<float>> decode(const Model& m, KvCache& cache, const std::vector<int32_t>& ids,
+                                       const std::function<void(int32_t)>& after_step = nullptr) {
+  return testing::decode_steps(m, cache, ids, kPrompt, after_step);
 }
 
-// Prefills kPrompt tokens of `ids` into slot 0, then decodes the rest one token per step.
-// Returns the logits of every decode step, [steps][vocab].
-std::vector<std::vector<float>> decode(const Model& m, KvCache& cache, const std::vector<int32_t>& ids) {
-  std::vector<std::vector<float>> steps;
-  std::vector<float> logits;
-  SeqInput in{0, std::span<const int32_t>(ids.data(), kPrompt)};
-  EXPECT_TRUE(m.forward(cache, {&in, 1}, LogitsMode::kLast, &logits).ok());
-  for (size_t t = kPrompt; t < ids.size(); ++t) {
-    SeqInput one{0, std::span<const int32_t>(&ids[t], 1)};
-    EXPECT_TRUE(m.forward(cache, {&one, 1}, LogitsMode::kLast, &logits).ok());
-    steps.push_back(logits);
-  }
-  return steps;
-}
-
-std::unique_ptr<KvCache> make(const Model& m, const std::string& spec) {
-  auto c = m.make_cache(spec, 1);
-  EXPECT_TRUE(c.ok()) << spec << ": " << c.status().to_string();
-  return c.ok() ? std::move(c).value() : nullptr;
+// An untrained decider network for stories260K at layer K, written into `dir` (a test's
+// testing::temp_dir(), which each call of it empties); returns the spec fragment naming it
+// ("decider=mlp,calib=...").
+std::string learned(const Model& m, DeciderKind kind, int layer, const std::string& dir) {
+  const std::string name = kind == DeciderKind::kMlp ? "mlp" : "probe";
+  const std::string path = dir + "/dynsparse_" + name + std::to_string(layer) + ".bin";
+  EXPECT_TRUE(DeciderFile::untrained(m.cache_geometry(), layer, kind, 11).save(path).ok());
+  return "decider=" + name + ",calib=" + path;
 }
 
 double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
@@ -56,10 +49,10 @@ double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
 // keep = 1 decides nothing: the logits and bytes of the base cache itself.
 TEST(DynSparseTest, KeepOneIsTheBaseCacheBitForBit) {
   const Model& m = testing::stories260k();
-  const std::vector<int32_t> ids = tokens(140);
+  const std::vector<int32_t> ids = testing::scrambled_ids(140);
   for (const std::string base : {"full:dtype=f16", "kivi:bits=4,group=32,residual=16"}) {
-    auto plain = make(m, base);
-    auto sparse = make(m, "dynsparse:keep=1,layer=2,base=[" + base + "]");
+    auto plain = testing::make_cache(m, base);
+    auto sparse = testing::make_cache(m, "dynsparse:keep=1,layer=2,base=[" + base + "]");
     ASSERT_TRUE(plain && sparse);
     const auto a = decode(m, *plain, ids), b = decode(m, *sparse, ids);
     for (size_t t = 0; t < a.size(); ++t) ASSERT_EQ(a[t], b[t]) << base << ", step " << t;
@@ -72,9 +65,9 @@ TEST(DynSparseTest, KeepOneIsTheBaseCacheBitForBit) {
 TEST(DynSparseTest, DroppedTokensAreNeverStoredInLayersFromK) {
   const Model& m = testing::stories260k();
   const int L = m.config().n_layers, K = 2;
-  const std::vector<int32_t> ids = tokens(kPrompt + 200);
-  auto sparse = make(m, "dynsparse:keep=0.5,layer=2,decider=knorm,base=[full:dtype=f32]");
-  auto full = make(m, "full:dtype=f32");
+  const std::vector<int32_t> ids = testing::scrambled_ids(kPrompt + 200);
+  auto sparse = testing::make_cache(m, "dynsparse:keep=0.5,layer=2,decider=knorm,base=[full:dtype=f32]");
+  auto full = testing::make_cache(m, "full:dtype=f32");
   ASSERT_TRUE(sparse && full);
   decode(m, *sparse, ids);
   decode(m, *full, ids);
@@ -159,9 +152,11 @@ TEST(DynSparseTest, CachedDecodeEqualsRecomputingTheSequenceEachStep) {
   };
   ASSERT_TRUE(register_policy(info).ok());
   const Model& m = testing::stories260k();
-  const std::vector<int32_t> ids = tokens(kPrompt + 60);
-  for (const std::string decider : {"knorm", "random"}) {
-    auto cached = make(m, "dynsparse:keep=0.4,layer=2,decider=" + decider + ",base=[full:dtype=f32]");
+  const std::vector<int32_t> ids = testing::scrambled_ids(kPrompt + 60);
+  const std::string dir = testing::temp_dir();
+  for (const std::string& decider : std::vector<std::string>{"decider=knorm", "decider=random", learned(m, DeciderKind::kMlp, 2, dir),
+                                    learned(m, DeciderKind::kProbe, 2, dir)}) {
+    auto cached = testing::make_cache(m, "dynsparse:keep=0.4,layer=2," + decider + ",base=[full:dtype=f32]");
     ASSERT_TRUE(cached);
     const auto steps = decode(m, *cached, ids);
     Recompute r;
@@ -171,7 +166,7 @@ TEST(DynSparseTest, CachedDecodeEqualsRecomputingTheSequenceEachStep) {
     g_recompute = &r;
     double worst = 0;
     for (size_t t = 0; t < steps.size(); ++t) {
-      auto fresh = make(m, "test_recompute");
+      auto fresh = testing::make_cache(m, "test_recompute");
       std::vector<float> logits;
       SeqInput all{0, std::span<const int32_t>(ids.data(), kPrompt + t + 1)};
       ASSERT_TRUE(m.forward(*fresh, {&all, 1}, LogitsMode::kLast, &logits).ok());
@@ -179,11 +174,12 @@ TEST(DynSparseTest, CachedDecodeEqualsRecomputingTheSequenceEachStep) {
     }
     g_recompute = nullptr;
     EXPECT_LE(worst, 1e-4) << decider;
+    std::printf("%s: max |cached - recomputed| = %.3g over %zu steps\n", decider.c_str(), worst, steps.size());
     // And the test can fail: recomputing with every token visible differs.
     Recompute none;
     none.layer = m.config().n_layers;
     g_recompute = &none;
-    auto fresh = make(m, "test_recompute");
+    auto fresh = testing::make_cache(m, "test_recompute");
     std::vector<float> logits;
     SeqInput all{0, std::span<const int32_t>(ids.data(), ids.size())};
     ASSERT_TRUE(m.forward(*fresh, {&all, 1}, LogitsMode::kLast, &logits).ok());
@@ -195,10 +191,11 @@ TEST(DynSparseTest, CachedDecodeEqualsRecomputingTheSequenceEachStep) {
 // The controller makes the realized rate the asked one, for either decider's score scale.
 TEST(DynSparseTest, RealizedKeepRateFollowsTheAskedOne) {
   const Model& m = testing::stories260k();
-  const std::vector<int32_t> ids = tokens(kPrompt + 300);
-  for (const std::string decider : {"knorm", "random"}) {
+  const std::vector<int32_t> ids = testing::scrambled_ids(kPrompt + 300);
+  const std::string dir = testing::temp_dir();
+  for (const std::string& decider : std::vector<std::string>{"decider=knorm", "decider=random", learned(m, DeciderKind::kMlp, 1, dir)}) {
     for (double keep : {0.3, 0.5, 0.7}) {
-      auto c = make(m, "dynsparse:keep=" + std::to_string(keep) + ",layer=1,decider=" + decider);
+      auto c = testing::make_cache(m, "dynsparse:keep=" + std::to_string(keep) + ",layer=1," + decider);
       ASSERT_TRUE(c);
       decode(m, *c, ids);
       const double realized = double(c->read(1, 0).positions.size() - kPrompt) / (ids.size() - kPrompt);
@@ -211,11 +208,7 @@ TEST(DynSparseTest, RealizedKeepRateFollowsTheAskedOne) {
 
 TEST(DynSparseTest, ImpossibleParametersAreClearErrors) {
   const Model& m = testing::stories260k();
-  auto expect_error = [&](const std::string& spec, const std::string& needle) {
-    auto c = m.make_cache(spec, 1);
-    ASSERT_FALSE(c.ok()) << spec;
-    EXPECT_NE(c.status().message().find(needle), std::string::npos) << c.status().message();
-  };
+  auto expect_error = [&](const std::string& spec, const std::string& needle) { testing::expect_spec_error(m, spec, needle); };
   expect_error("dynsparse:keep=0", "keeps no generated token; keep is in (0, 1]");
   expect_error("dynsparse:keep=1.5", "out of range");
   expect_error("dynsparse:layer=5", "layer=5 is outside the layers 0..4");
@@ -223,6 +216,10 @@ TEST(DynSparseTest, ImpossibleParametersAreClearErrors) {
   expect_error("dynsparse:base=[xkv:group=1]", "cannot leave a token unstored");
   expect_error("dynsparse:base=[dynsparse]", "cannot leave a token unstored");
   expect_error("lighttransfer:window=64,base=[dynsparse]", "evicts tokens itself");
+  expect_error("dynsparse:decider=mlp", "decider=mlp needs calib=FILE");
+  expect_error("dynsparse:decider=knorm,calib=x.bin", "calib=FILE given with decider=knorm, which learns nothing");
+  expect_error("dynsparse:layer=3," + learned(m, DeciderKind::kMlp, 2, testing::temp_dir()), "trained at layer=2, the policy asks for layer=3");
+  expect_error("dynsparse:decider=mlp,calib=/nonexistent/d.bin", "cannot open '/nonexistent/d.bin'");
 }
 
 }  // namespace

@@ -19,15 +19,20 @@
 //   random  a hash of (seed, decode step): the rate-matched control (4.8 D)
 //   knorm   minus the mean over kv heads of the layer-K key's L2 norm (4.8 C, the KNorm
 //           observation that low-norm keys draw attention)
+//   probe,  learned from the hidden state entering layer K (kvcache/dynsparse_decider.h),
+//   mlp     trained by `kvlab calibrate` with the LM frozen; calib=FILE names the network
 // A keep-rate controller turns scores into decisions: a token is kept when the fraction of the
 // sequence's last kHistory scores above its own is below keep, corrected by the gap between the
 // tokens kept and keep * tokens decided, so that the realized rate follows the asked one whatever
 // the scores' scale (the paper's argmax has no rate control, pitfall 4.7.3). keep = 1 keeps every
 // token and decides nothing: the base policy's cache exactly.
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <tuple>
 
 #include "base/check.h"
+#include "kvcache/dynsparse_decider.h"
 #include "kvcache/policies/policies.h"
 
 namespace kvlab {
@@ -37,7 +42,7 @@ constexpr uint32_t kStateVersion = 1;
 constexpr int kHistory = 256;   // scores the controller ranks a new score against, per sequence
 constexpr double kGain = 16.0;  // tokens of keep-count error that move the rank threshold by 1
 
-enum class Decider { kRandom, kKnorm };
+enum class Decider { kRandom, kKnorm, kProbe, kMlp };
 
 struct DynSparseConfig {
   double keep = 0.5;
@@ -45,6 +50,7 @@ struct DynSparseConfig {
   Decider decider = Decider::kRandom;
   uint64_t seed = 1;
   PolicySpec base;
+  DeciderNet net;  // probe, mlp
 };
 
 uint64_t splitmix64(uint64_t x) {
@@ -59,7 +65,10 @@ class DynSparsePolicy final : public Policy {
   DynSparsePolicy(const PolicyContext& ctx, DynSparseConfig cfg) : Policy(ctx), cfg_(std::move(cfg)) {
     seqs_.reserve(size_t(ctx.max_seqs));
     for (int s = 0; s < ctx.max_seqs; ++s) seqs_.emplace_back(ctx.ledger);
+    side_bytes_ = cfg_.net.n_params() * int64_t(sizeof(float));
+    ctx_.ledger->add(MemoryKind::kSide, side_bytes_);
   }
+  ~DynSparsePolicy() override { ctx_.ledger->sub(MemoryKind::kSide, side_bytes_); }
 
   Status init() {
     const PolicyInfo* info = find_policy(cfg_.base.name);
@@ -97,6 +106,7 @@ class DynSparsePolicy final : public Policy {
       }
     }
     hi_batch_ = ForwardBatch{};  // holds nothing between forwards (the ledger books all kept bytes)
+    std::vector<float>().swap(hidden_scores_);
   }
 
   int stored_tokens(int layer, int seq) const override { return part(layer).stored_tokens(layer, seq); }
@@ -170,12 +180,16 @@ class DynSparsePolicy final : public Policy {
     out.add("decided_tokens", decided_)
         .add("kept_tokens", kept_)
         .add("keep_rate", decided_ ? double(kept_) / double(decided_) : 1.0);
+    if (scored_) out.add("decider_us_per_token", 1e6 * decider_seconds_ / double(scored_));
   }
 
-  bool wants_hidden(int layer) const override { return part(layer).wants_hidden(layer); }
+  bool wants_hidden(int layer) const override { return learned(layer) || part(layer).wants_hidden(layer); }
+  //   h: [n_rows, dim] the residual stream entering `layer`
   void observe_hidden(int layer, const ForwardBatch& batch, const float* h, int dim) override {
-    if (layer < cfg_.layer) return lo_->observe_hidden(layer, batch, h, dim);
-    hi_->observe_hidden(layer, batch, h, dim);
+    if (learned(layer)) score_hidden(batch, h, dim);
+    if (part(layer).wants_hidden(layer)) {
+      (layer < cfg_.layer ? *lo_ : *hi_).observe_hidden(layer, batch, h, dim);
+    }
   }
 
  private:
@@ -189,6 +203,32 @@ class DynSparsePolicy final : public Policy {
   };
 
   const Policy& part(int layer) const { return layer < cfg_.layer ? *lo_ : *hi_; }
+  bool learned(int layer) const {
+    return layer == cfg_.layer && cfg_.keep < 1.0 && (cfg_.decider == Decider::kProbe || cfg_.decider == Decider::kMlp);
+  }
+  static bool generated(const SeqSpan& sp) { return sp.n_new == 1 && sp.start_pos > 0; }
+
+  // The learned scores of this forward's generated tokens, into hidden_scores_ [n_rows], all in
+  // one batched pass of the network.
+  void score_hidden(const ForwardBatch& batch, const float* h, int dim) {
+    KVLAB_CHECK(dim == cfg_.net.dim());
+    const auto t0 = std::chrono::steady_clock::now();
+    // Working buffers of this call only: nothing the ledger does not book outlives a forward.
+    std::vector<float> rows, scratch;
+    for (const SeqSpan& sp : batch.seqs) {
+      if (generated(sp)) rows.insert(rows.end(), h + size_t(sp.row) * dim, h + size_t(sp.row + 1) * dim);
+    }
+    const int64_t n = int64_t(rows.size()) / dim;
+    std::vector<float> out(static_cast<size_t>(n));
+    if (n) cfg_.net.scores(rows.data(), n, out.data(), scratch);
+    hidden_scores_.assign(size_t(batch.n_rows()), 0.0f);
+    size_t i = 0;
+    for (const SeqSpan& sp : batch.seqs) {
+      if (generated(sp)) hidden_scores_[size_t(sp.row)] = out[i++];
+    }
+    decider_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    scored_ += n;
+  }
 
   // Layer K of a forward: each generated token's decision, and the batch layers >= K see.
   //   k: [n_rows, kv_dim] pre-RoPE keys of layer K
@@ -196,15 +236,15 @@ class DynSparsePolicy final : public Policy {
     hi_batch_ = batch;
     for (SeqSpan& sp : hi_batch_.seqs) {
       Seq& s = seqs_[size_t(sp.seq)];
-      const bool generated = sp.n_new == 1 && sp.start_pos > 0;
+      const bool gen = generated(sp);
       sp.start_pos = s.stored;
-      if (!generated || cfg_.keep >= 1.0) continue;
-      sp.store = controlled_keep(s, score(s, k + size_t(sp.row) * ctx_.geometry.kv_dim()));
+      if (!gen || cfg_.keep >= 1.0) continue;
+      sp.store = controlled_keep(s, score(s, sp.row, k + size_t(sp.row) * ctx_.geometry.kv_dim()));
     }
   }
 
   //   k: [kv_dim] the token's pre-RoPE key at layer K
-  float score(const Seq& s, const float* k) const {
+  float score(const Seq& s, int row, const float* k) const {
     switch (cfg_.decider) {
       case Decider::kRandom:
         return float(double(splitmix64(cfg_.seed * 0x100000001b3ull + uint64_t(s.decided)) >> 11) * 0x1.0p-53);
@@ -218,6 +258,11 @@ class DynSparsePolicy final : public Policy {
         }
         return float(-norms / g.n_kv_heads);
       }
+      case Decider::kProbe:
+      case Decider::kMlp:
+        // KvCache's protocol: observe_hidden(K) before attend(K) whenever wants_hidden(K).
+        KVLAB_CHECK(size_t(row) < hidden_scores_.size());
+        return hidden_scores_[size_t(row)];
     }
     return 0;
   }
@@ -245,6 +290,10 @@ class DynSparsePolicy final : public Policy {
   std::vector<Seq> seqs_;       // [max_seqs]
   ForwardBatch hi_batch_;       // the current forward as layers >= K see it (set at layer K)
   int64_t decided_ = 0, kept_ = 0;  // over every sequence since the policy was made (report)
+  std::vector<float> hidden_scores_;  // [n_rows] learned scores of the current forward (freed at commit)
+  int64_t side_bytes_ = 0;            // the decider network's weights (kSide)
+  double decider_seconds_ = 0;         // in the learned network (report)
+  int64_t scored_ = 0;
 };
 
 }  // namespace
@@ -256,8 +305,9 @@ PolicyInfo dynsparse_policy_info() {
   info.params = {
       {"keep", ParamInfo::Kind::kFloat, "0.5", {}, 0, 1, "fraction of generated tokens kept in layers >= K (> 0)"},
       {"layer", ParamInfo::Kind::kInt, "2", {}, 0, 1 << 20, "K: the first layer where dropped tokens are not stored"},
-      {"decider", ParamInfo::Kind::kChoice, "knorm", {"random", "knorm"}, 0, 0,
-       "random: rate-matched control; knorm: low layer-K key norm is kept"},
+      {"decider", ParamInfo::Kind::kChoice, "knorm", {"random", "knorm", "probe", "mlp"}, 0, 0,
+       "random: rate-matched control; knorm: low layer-K key norm is kept; probe, mlp: learned (calib=FILE)"},
+      {"calib", ParamInfo::Kind::kString, "none", {}, 0, 0, "decider file from kvlab calibrate (probe, mlp)"},
       {"seed", ParamInfo::Kind::kInt, "1", {}, 0, 2147483647, "seed of decider=random"},
       {"base", ParamInfo::Kind::kSpec, "full:dtype=f16", {}, 0, 0,
        "policy holding the kept tokens (full, kivi, quant or streaming)"},
@@ -266,7 +316,12 @@ PolicyInfo dynsparse_policy_info() {
     DynSparseConfig cfg;
     cfg.keep = p.get_float("keep");
     cfg.layer = p.get_int("layer");
-    cfg.decider = p.get("decider") == "random" ? Decider::kRandom : Decider::kKnorm;
+    const std::string decider = p.get("decider");
+    cfg.decider = decider == "random" ? Decider::kRandom
+                  : decider == "knorm" ? Decider::kKnorm
+                  : decider == "probe" ? Decider::kProbe
+                                       : Decider::kMlp;
+    const std::string calib = p.get("calib") == "none" ? "" : p.get("calib");
     cfg.seed = uint64_t(p.get_int("seed"));
     KVLAB_ASSIGN_OR_RETURN(cfg.base, p.get_spec("base"));
     if (!(cfg.keep > 0)) {
@@ -276,6 +331,19 @@ PolicyInfo dynsparse_policy_info() {
       return invalid_argument("dynsparse: layer=" + std::to_string(cfg.layer) + " is outside the layers " +
                               std::to_string(ctx.first_layer) + ".." + std::to_string(ctx.last_layer) +
                               " this policy covers");
+    }
+    const bool learned = cfg.decider == Decider::kProbe || cfg.decider == Decider::kMlp;
+    if (learned && calib.empty()) {
+      return invalid_argument("dynsparse: decider=" + decider + " needs calib=FILE (made by kvlab calibrate --policy " +
+                              "dynsparse:decider=" + decider + ",layer=" + std::to_string(cfg.layer) + ")");
+    }
+    if (!learned && !calib.empty()) {
+      return invalid_argument("dynsparse: calib=FILE given with decider=" + decider + ", which learns nothing");
+    }
+    if (learned) {
+      KVLAB_ASSIGN_OR_RETURN(DeciderFile f, DeciderFile::load(calib, ctx.geometry, cfg.layer,
+                                                              cfg.decider == Decider::kMlp ? DeciderKind::kMlp : DeciderKind::kProbe));
+      cfg.net = std::move(f.net);
     }
     if (!find_policy(cfg.base.name)->stores_selectively) {
       return invalid_argument("dynsparse: base=" + cfg.base.text + " cannot leave a token unstored; the kept tokens " +
@@ -287,7 +355,16 @@ PolicyInfo dynsparse_policy_info() {
   };
   info.test_specs = {"dynsparse:keep=0.5,layer=1,decider=random",
                      "dynsparse:keep=0.3,layer=1,base=[kivi:bits=4,group=32,residual=16]",
-                     "dynsparse:keep=0.7,layer=0,decider=random,seed=3,base=[full:dtype=fp8]"};
+                     "dynsparse:keep=0.7,layer=0,decider=random,seed=3,base=[full:dtype=fp8]",
+                     "dynsparse:keep=0.5,layer=1,decider=mlp,calib={test_dir}/dynsparse_mlp1.bin",
+                     "dynsparse:keep=0.4,layer=1,decider=probe,calib={test_dir}/dynsparse_probe1.bin,base=[full:dtype=bf16]"};
+  info.prepare_test = [](const KvGeometry& g, const std::string& dir) -> Status {
+    for (auto [kind, layer, name] : {std::tuple{DeciderKind::kMlp, 1, "/dynsparse_mlp1.bin"},
+                                     std::tuple{DeciderKind::kProbe, 1, "/dynsparse_probe1.bin"}}) {
+      KVLAB_RETURN_IF_ERROR(DeciderFile::untrained(g, layer, kind, uint64_t(layer)).save(dir + name));
+    }
+    return Status::Ok();
+  };
   info.off_spec = "dynsparse:keep=1,base=[full:dtype=f32]";
   info.roundtrip_tolerance = [](const PolicyParams& p) {
     const PolicySpec base = p.get_spec("base").value();
