@@ -6,7 +6,9 @@ usage: scripts/eval_table.py [--lazy] RESULT.json...
 One row per policy run (the reference is the *_full columns of every row). Columns: rel_ppl,
 kld_mean, top-1 agreement, retrieval top-1 (retrieval task), bits per value, kv_bytes as a
 fraction of f16, peak kv bytes, decode tokens/s against the full f32 reference's. --lazy adds,
-for lighttransfer runs, the layers made lazy in at least half of the sequences.
+for lighttransfer runs, the layers made lazy in at least half of the sequences. --sparse adds,
+for dynsparse and evict runs, the fraction of generated tokens held in layers >= K at the end,
+kv_bytes against an f16 cache of every token, and the learned decider's microseconds per token.
 """
 import json
 import sys
@@ -24,15 +26,32 @@ def lazy_layers(run):
     return ""
 
 
+def sparse_columns(run):
+    """Kept fraction of generated tokens, kv_bytes / f16, decider us per token."""
+    kept, us = "-", "-"
+    for d in (run.get("decisions") or {}).values():
+        if "keep_rate" in d:
+            kept = f"{d['keep_rate']:.3f}"
+        if "evicted_tokens" in d and d["generated_tokens"]:
+            held = d["generated_tokens"] - d["evicted_tokens"] / d["evicting_layers"]
+            kept = f"{held / d['generated_tokens']:.3f}"
+        if "decider_us_per_token" in d:
+            us = f"{d['decider_us_per_token']:.0f}"
+    return [kept, f"{run['kv_bytes'] / run['kv_bytes_f16']:.3f}", us]
+
+
 def main(argv):
     lazy = "--lazy" in argv
-    paths = [a for a in argv if a != "--lazy"]
+    sparse = "--sparse" in argv
+    paths = [a for a in argv if a not in ("--lazy", "--sparse")]
     if not paths:
         sys.exit(__doc__)
     head = ["policy", "task", "rel_ppl", "kld_mean", "top1 agree", "retrieval top1 (full)", "bits/value",
             "kv MiB", "peak kv MiB", "decode tok/s (f32 ref)"]
     if lazy:
         head.append("lazy layers (>= half the sequences)")
+    if sparse:
+        head += ["generated kept", "kv / f16", "decider us/token"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for path in paths:
@@ -47,6 +66,8 @@ def main(argv):
                    f"{r['decode_tokens_per_s']:.1f} ({r['decode_tokens_per_s_full']:.1f})"]
             if lazy:
                 row.append(lazy_layers(r))
+            if sparse:
+                row += sparse_columns(r)
             print("| " + " | ".join(row) + " |")
 
 

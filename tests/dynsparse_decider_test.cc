@@ -51,12 +51,12 @@ void synthetic(int64_t n, int dim, bool nonlinear, std::vector<float>* x, std::v
 }
 
 TEST(DeciderTest, TrainerLearnsLinearAndNonlinearRules) {
-  const int dim = 32;
-  const int64_t n = 12000, valid_from = 10000;
+  const int dim = 16;
+  const int64_t n = 5000, valid_from = 4000;
   std::vector<float> x;
   std::vector<uint8_t> y;
   DeciderFitConfig cfg;
-  cfg.max_epochs = 40;
+  cfg.max_epochs = 25;
   for (bool nonlinear : {false, true}) {
     synthetic(n, dim, nonlinear, &x, &y);
     for (DeciderKind kind : {DeciderKind::kProbe, DeciderKind::kMlp}) {
@@ -145,7 +145,7 @@ TEST(DeciderTest, CalibrationLearnsTheAttentionOracle) {
   cfg.text_path = testing::shared_data_path("tinystories_valid_subset.txt");
   cfg.window = 256;
   cfg.horizon = 16;
-  cfg.tokens = 8000;
+  cfg.tokens = 3000;
   const std::string dir = testing::temp_dir();
   cfg.policies = {"dynsparse:decider=probe,layer=2", "dynsparse:decider=mlp,layer=2"};
   cfg.outputs = {dir + "/probe2.bin", dir + "/mlp2.bin"};
