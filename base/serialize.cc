@@ -29,6 +29,7 @@ StatusOr<std::vector<uint8_t>> read_checked_file(const std::string& path, const 
     return data_loss(what + ": checksum mismatch (truncated or corrupted)");
   }
   data.resize(data.size() - 8);
+  data.erase(data.begin(), data.begin() + sizeof magic + 4);
   return data;
 }
 

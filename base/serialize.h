@@ -120,8 +120,8 @@ inline uint64_t fnv1a(const void* p, size_t n) {
 //   write: `w` holds magic, version and payload; appends the checksum and writes atomically.
 Status write_checked_file(const std::string& path, BinaryWriter w);
 // Reads such a file. Errors name `kind` ("an AQUA-KV calibration file", made by `maker`): bad
-// magic, another version, a checksum mismatch (truncated or corrupted). Returns the bytes with
-// the checksum cut off; the payload starts at byte 12.
+// magic, another version, a checksum mismatch (truncated or corrupted). Returns the payload alone
+// (magic, version and checksum cut off).
 StatusOr<std::vector<uint8_t>> read_checked_file(const std::string& path, const char (&magic)[8], uint32_t version,
                                                  const std::string& kind, const std::string& maker);
 

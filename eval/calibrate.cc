@@ -23,19 +23,12 @@ struct Target {
 };
 
 StatusOr<Target> parse_target(const std::string& spec, int n_layers) {
-  KVLAB_ASSIGN_OR_RETURN(auto layout, parse_cache_spec(spec, n_layers));
-  const LayerAssignment* found = nullptr;
-  for (const LayerAssignment& a : layout) {
-    if (a.spec.name != "aquakv") continue;
-    if (found) return invalid_argument("calibrate: '" + spec + "' has several aquakv ranges; calibrate one at a time");
-    found = &a;
-  }
-  if (!found) return invalid_argument("calibrate: '" + spec + "' has no aquakv layers");
-  const PolicyParams& p = found->spec.params;
+  KVLAB_ASSIGN_OR_RETURN(const LayerAssignment range, calibrated_range(spec, n_layers, "aquakv"));
+  const PolicyParams& p = range.spec.params;
   if (p.get("predictors") != "on") return invalid_argument("calibrate: '" + spec + "' has predictors=off (nothing to fit)");
   Target t;
-  t.fit.first_layer = found->first_layer;
-  t.fit.last_layer = found->last_layer;
+  t.fit.first_layer = range.first_layer;
+  t.fit.last_layer = range.last_layer;
   t.fit.bits = aqua_bits_param(p.get("bits"));
   t.fit.rotation = aqua_rotation_param(p.get("rotation"));
   t.prefix = p.get_int("prefix");
@@ -43,6 +36,18 @@ StatusOr<Target> parse_target(const std::string& spec, int n_layers) {
 }
 
 }  // namespace
+
+StatusOr<LayerAssignment> calibrated_range(const std::string& spec, int n_layers, const std::string& policy) {
+  KVLAB_ASSIGN_OR_RETURN(auto layout, parse_cache_spec(spec, n_layers));
+  const LayerAssignment* found = nullptr;
+  for (const LayerAssignment& a : layout) {
+    if (a.spec.name != policy) continue;
+    if (found) return invalid_argument("calibrate: '" + spec + "' has several " + policy + " ranges; calibrate one at a time");
+    found = &a;
+  }
+  if (!found) return invalid_argument("calibrate: '" + spec + "' has no " + policy + " layers");
+  return *found;
+}
 
 StatusOr<CalibrateResult> run_calibration(const Model& model, const CalibrateConfig& cfg, Progress& progress) {
   const KvGeometry g = model.cache_geometry();

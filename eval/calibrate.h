@@ -13,6 +13,7 @@
 #include "base/status.h"
 #include "kvcache/aquakv.h"
 #include "kvcache/dynsparse_decider.h"
+#include "kvcache/policy_spec.h"
 #include "model/model.h"
 
 namespace kvlab {
@@ -35,6 +36,10 @@ struct CalibrateResult {
   std::vector<double> fit_seconds;          // per policy
   std::vector<AquaPredictors> predictors;   // per policy (also written to its output)
 };
+
+// The one range of `spec` (a cache spec, ranges allowed) assigned to `policy`; an error names a
+// spec with none or with several ("calibrate one at a time").
+StatusOr<LayerAssignment> calibrated_range(const std::string& spec, int n_layers, const std::string& policy);
 
 StatusOr<CalibrateResult> run_calibration(const Model& model, const CalibrateConfig& config, Progress& progress);
 // Per-layer table: relMSE of the K and V predictions (fitted / held-out tokens) and equivalent

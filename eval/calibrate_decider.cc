@@ -7,7 +7,6 @@
 #include "base/file.h"
 #include "eval/calibrate.h"
 #include "eval/text.h"
-#include "kvcache/policy_spec.h"
 
 namespace kvlab {
 namespace {
@@ -24,15 +23,8 @@ struct Target {
 };
 
 StatusOr<Target> parse_target(const std::string& spec, int n_layers) {
-  KVLAB_ASSIGN_OR_RETURN(auto layout, parse_cache_spec(spec, n_layers));
-  const LayerAssignment* found = nullptr;
-  for (const LayerAssignment& a : layout) {
-    if (a.spec.name != "dynsparse") continue;
-    if (found) return invalid_argument("calibrate: '" + spec + "' has several dynsparse ranges; calibrate one at a time");
-    found = &a;
-  }
-  if (!found) return invalid_argument("calibrate: '" + spec + "' has no dynsparse layers");
-  const PolicyParams& p = found->spec.params;
+  KVLAB_ASSIGN_OR_RETURN(const LayerAssignment range, calibrated_range(spec, n_layers, "dynsparse"));
+  const PolicyParams& p = range.spec.params;
   const std::string decider = p.get("decider");
   if (decider != "mlp" && decider != "probe") {
     return invalid_argument("calibrate: '" + spec + "' has decider=" + decider +
@@ -40,9 +32,9 @@ StatusOr<Target> parse_target(const std::string& spec, int n_layers) {
   }
   Target t;
   t.layer = p.get_int("layer");
-  if (t.layer < found->first_layer || t.layer > found->last_layer) {
+  if (t.layer < range.first_layer || t.layer > range.last_layer) {
     return invalid_argument("calibrate: layer=" + std::to_string(t.layer) + " is outside the layers " +
-                            std::to_string(found->first_layer) + ".." + std::to_string(found->last_layer) +
+                            std::to_string(range.first_layer) + ".." + std::to_string(range.last_layer) +
                             " the dynsparse policy covers");
   }
   t.fit.kind = decider == "mlp" ? DeciderKind::kMlp : DeciderKind::kProbe;
@@ -124,7 +116,7 @@ StatusOr<DeciderCalibrationResult> run_decider_calibration(const Model& model, c
   KVLAB_ASSIGN_OR_RETURN(std::string text, select_lines(all_text, cfg.first_line, cfg.last_line));
   // Tokenize what the windows need (English: under 8 bytes a token), cut at a line end.
   const size_t want_bytes = size_t(n_windows) * size_t(cfg.window) * 8;
-  if (text.size() > want_bytes) text.resize(text.find('\n', want_bytes) == std::string::npos ? text.size() : text.find('\n', want_bytes) + 1);
+  if (const size_t cut = text.find('\n', want_bytes); cut != std::string::npos) text.resize(cut + 1);
   progress.note("tokenizing " + std::to_string(text.size()) + " bytes of " + cfg.text_path);
   const std::vector<int32_t> ids = model.tokenizer().encode(text);
   KVLAB_ASSIGN_OR_RETURN(auto windows, make_windows(ids, model.tokenizer().bos_id(), cfg.window, n_windows));
@@ -163,13 +155,7 @@ StatusOr<DeciderCalibrationResult> run_decider_calibration(const Model& model, c
     for (int p = from; p < to; ++p) {
       x.insert(x.end(), hidden.rows().begin() + size_t(p) * dim, hidden.rows().begin() + size_t(p + 1) * dim);
       y.push_back(mass[size_t(p)] > median);
-      double norms = 0;
-      for (int h = 0; h < g.n_kv_heads; ++h) {
-        double sq = 0;
-        for (int e = 0; e < g.head_dim; ++e) sq += double(c.k[size_t(p) * g.kv_dim() + h * g.head_dim + e]) * c.k[size_t(p) * g.kv_dim() + h * g.head_dim + e];
-        norms += std::sqrt(sq);
-      }
-      knorm.push_back(float(-norms / g.n_kv_heads));
+      knorm.push_back(knorm_score(&c.k[size_t(p) * g.kv_dim()], g));
     }
   }
   progress.update("capture hidden states and attention", n_windows, n_windows);

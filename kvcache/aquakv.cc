@@ -152,7 +152,7 @@ StatusOr<AquaPredictors> AquaPredictors::load(const std::string& path, const KvG
   KVLAB_ASSIGN_OR_RETURN(std::vector<uint8_t> data, read_checked_file(path, kMagic, kAquaFileVersion,
                                                                      "an AQUA-KV calibration file", "kvlab calibrate"));
   const std::string what = "calibration file " + path;
-  BinaryReader r(data.data() + 12, data.size() - 12, what);
+  BinaryReader r(data.data(), data.size(), what);
   AquaPredictors p;
   int32_t f[7];
   KVLAB_RETURN_IF_ERROR(r.get(&p.model_fingerprint));

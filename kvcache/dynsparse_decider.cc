@@ -158,7 +158,7 @@ StatusOr<DeciderFile> DeciderFile::load(const std::string& path, const KvGeometr
                          read_checked_file(path, kMagic, kVersion, "a dynsparse decider file",
                                            "kvlab calibrate --policy dynsparse:decider=mlp|probe,..."));
   const std::string what = "decider file " + path;
-  BinaryReader r(data.data() + 12, data.size() - 12, what);
+  BinaryReader r(data.data(), data.size(), what);
   DeciderFile f;
   int32_t v[5];
   KVLAB_RETURN_IF_ERROR(r.get(&f.model_fingerprint));
@@ -207,6 +207,16 @@ StatusOr<DeciderFile> DeciderFile::load(const std::string& path, const KvGeometr
   }
   if (r.remaining() != 0) return data_loss(what + ": " + std::to_string(r.remaining()) + " bytes after the network");
   return f;
+}
+
+float knorm_score(const float* k, const KvGeometry& g) {
+  double norms = 0;
+  for (int h = 0; h < g.n_kv_heads; ++h) {
+    double sq = 0;
+    for (int e = 0; e < g.head_dim; ++e) sq += double(k[h * g.head_dim + e]) * k[h * g.head_dim + e];
+    norms += std::sqrt(sq);
+  }
+  return float(-norms / g.n_kv_heads);
 }
 
 double roc_auc(const std::vector<float>& scores, const std::vector<uint8_t>& labels) {

@@ -89,6 +89,10 @@ struct DeciderFitReport {
 StatusOr<DeciderNet> fit_decider(const DeciderFitConfig& config, const std::vector<float>& x, const std::vector<uint8_t>& y,
                                  int dim, int64_t valid_from, DeciderFitReport* report);
 
+// The knorm decider's score of one token (4.8 C: low-norm keys draw attention): minus the mean
+// over kv heads of the key's L2 norm. k: [kv_dim], pre- or post-RoPE (the rotation keeps norms).
+float knorm_score(const float* k, const KvGeometry& g);
+
 // Area under the ROC curve of `scores` against `labels` (ties count one half).
 double roc_auc(const std::vector<float>& scores, const std::vector<uint8_t>& labels);
 

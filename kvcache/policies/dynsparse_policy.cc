@@ -43,6 +43,7 @@ constexpr int kHistory = 256;   // scores the controller ranks a new score again
 constexpr double kGain = 16.0;  // tokens of keep-count error that move the rank threshold by 1
 
 enum class Decider { kRandom, kKnorm, kProbe, kMlp };
+bool is_learned(Decider d) { return d == Decider::kProbe || d == Decider::kMlp; }
 
 struct DynSparseConfig {
   double keep = 0.5;
@@ -187,9 +188,7 @@ class DynSparsePolicy final : public Policy {
   //   h: [n_rows, dim] the residual stream entering `layer`
   void observe_hidden(int layer, const ForwardBatch& batch, const float* h, int dim) override {
     if (learned(layer)) score_hidden(batch, h, dim);
-    if (part(layer).wants_hidden(layer)) {
-      (layer < cfg_.layer ? *lo_ : *hi_).observe_hidden(layer, batch, h, dim);
-    }
+    if (part(layer).wants_hidden(layer)) part(layer).observe_hidden(layer, batch, h, dim);
   }
 
  private:
@@ -202,9 +201,9 @@ class DynSparsePolicy final : public Policy {
     TrackedVector<float> scores;     // ring of the last kHistory scores, slot decided % kHistory
   };
 
-  const Policy& part(int layer) const { return layer < cfg_.layer ? *lo_ : *hi_; }
+  Policy& part(int layer) const { return layer < cfg_.layer ? *lo_ : *hi_; }
   bool learned(int layer) const {
-    return layer == cfg_.layer && cfg_.keep < 1.0 && (cfg_.decider == Decider::kProbe || cfg_.decider == Decider::kMlp);
+    return layer == cfg_.layer && cfg_.keep < 1.0 && is_learned(cfg_.decider);
   }
   static bool generated(const SeqSpan& sp) { return sp.n_new == 1 && sp.start_pos > 0; }
 
@@ -248,16 +247,8 @@ class DynSparsePolicy final : public Policy {
     switch (cfg_.decider) {
       case Decider::kRandom:
         return float(double(splitmix64(cfg_.seed * 0x100000001b3ull + uint64_t(s.decided)) >> 11) * 0x1.0p-53);
-      case Decider::kKnorm: {
-        const KvGeometry& g = ctx_.geometry;
-        double norms = 0;
-        for (int h = 0; h < g.n_kv_heads; ++h) {
-          double sq = 0;
-          for (int e = 0; e < g.head_dim; ++e) sq += double(k[h * g.head_dim + e]) * k[h * g.head_dim + e];
-          norms += std::sqrt(sq);
-        }
-        return float(-norms / g.n_kv_heads);
-      }
+      case Decider::kKnorm:
+        return knorm_score(k, ctx_.geometry);
       case Decider::kProbe:
       case Decider::kMlp:
         // KvCache's protocol: observe_hidden(K) before attend(K) whenever wants_hidden(K).
@@ -332,7 +323,7 @@ PolicyInfo dynsparse_policy_info() {
                               std::to_string(ctx.first_layer) + ".." + std::to_string(ctx.last_layer) +
                               " this policy covers");
     }
-    const bool learned = cfg.decider == Decider::kProbe || cfg.decider == Decider::kMlp;
+    const bool learned = is_learned(cfg.decider);
     if (learned && calib.empty()) {
       return invalid_argument("dynsparse: decider=" + decider + " needs calib=FILE (made by kvlab calibrate --policy " +
                               "dynsparse:decider=" + decider + ",layer=" + std::to_string(cfg.layer) + ")");
