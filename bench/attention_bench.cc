@@ -30,12 +30,13 @@
 // the main thread's alone).
 //
 // Histories. Every sequence of a step reads its own store, built from its own random data, and
-// no step finds its histories in the 32 MiB L3 (a decoder reads a layer's history once per step
-// with every other layer in between). Each (format, layout, context) builds a pool of
-// max(batch, ceil(kColdBytes / store bytes)) stores, kColdBytes = 64 MiB (2x the L3), and step
+// no step finds its histories in the last-level cache (a decoder reads a layer's history once per
+// step with every other layer in between). Each (format, layout, context) builds a pool of
+// max(batch, ceil(cold / store bytes)) stores, cold = cold_bytes(64 MiB) (bench/bandwidth.h:
+// 2x the last-level cache, 64 MiB on a 32 MiB L3, 960 MiB on a 480 MiB one), and step
 // after step the batch takes the next `batch` stores of the pool in rotation: between two reads
-// of the same byte at least 64 MiB of other history is read. (A small history, e.g. 1K tokens
-// of SmolLM2 in f32 = 1.5 MiB, gets 43 stores; the largest, 64K tokens of Llama-3-8B in f32 =
+// of the same byte at least that much other history is read. (A small history, e.g. 1K tokens
+// of SmolLM2 in f32 = 1.5 MiB, gets 43 stores on a 32 MiB L3; the largest, 64K tokens of Llama-3-8B in f32 =
 // 512 MiB, gets `batch` stores: 4.3 GB for b:8.) Building a b:8 pool at ctx 64K takes a few
 // seconds (the scalar writers: about 1 s per 64K-token Llama sequence in the integer formats),
 // so no sequence shares another's store. The pool depends on (format, layout, context) only:
@@ -76,7 +77,7 @@ namespace {
 
 constexpr int kKiviGroup = 128;                       // block tokens; int* key and value group
 constexpr int kKiviPolicyGroup = 32;                  // the kivi policy's default group
-constexpr int64_t kColdBytes = int64_t(64) << 20;     // history bytes per pool: 2x a 32 MiB L3
+const int64_t kColdBytes = int64_t(cold_bytes(size_t(64) << 20));  // history bytes per pool
 constexpr int kGenTokens = 128;                       // tokens generated at a time while building
 
 double g_stream_gbps = 0;

@@ -10,7 +10,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <fstream>
 #include <memory>
+#include <string>
 
 namespace kvlab {
 namespace {
@@ -41,7 +43,27 @@ struct FreeDeleter {
 
 }  // namespace
 
+size_t last_level_cache_bytes() {
+  size_t best = size_t(32) << 20;
+  int best_level = 0;
+  for (int i = 0; i < 16; ++i) {
+    const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(i) + "/";
+    std::ifstream level_file(dir + "level"), size_file(dir + "size");
+    int level = 0;
+    std::string size;  // "491520K"
+    if (!(level_file >> level) || !(size_file >> size) || size.empty()) continue;
+    size_t value = std::strtoull(size.c_str(), nullptr, 10);
+    if (size.back() == 'K') value <<= 10;
+    if (size.back() == 'M') value <<= 20;
+    if (level > best_level) best_level = level, best = std::max(value, size_t(32) << 20);
+  }
+  return best;
+}
+
+size_t cold_bytes(size_t floor) { return std::max(floor, 2 * last_level_cache_bytes()); }
+
 double measure_read_bandwidth_gbps(size_t bytes, int repeats) {
+  if (bytes == 0) bytes = std::max(size_t(1) << 30, 4 * last_level_cache_bytes());
   const int64_t block_bytes = kLanes * int64_t(sizeof(float));
   const int64_t n_blocks = std::max<int64_t>(1, int64_t(bytes) / block_bytes);
   const int64_t slice_blocks = std::min(n_blocks, kSliceBytes / block_bytes);

@@ -547,8 +547,9 @@ TEST(KvKernels, OperandQuantizationWellBelowFormatError) {
   int checked = 0;
   for (Isa isa : supported_isas()) {
     for (const Format& f : std::vector<Format>{{KvFormat::kIntChannel, 2}, {KvFormat::kIntChannel, 3},
-                                                {KvFormat::kIntChannel, 4}, {KvFormat::kIntToken, 2, 32},
-                                                {KvFormat::kIntToken, 4, 32}, {KvFormat::kIntToken, 4, 128}}) {
+                                                {KvFormat::kIntChannel, 4}, {KvFormat::kIntChannel, 8},
+                                                {KvFormat::kIntToken, 2, 32}, {KvFormat::kIntToken, 4, 32},
+                                                {KvFormat::kIntToken, 4, 128}, {KvFormat::kIntToken, 8, 128}}) {
       double op_keys = 0, fmt_keys = 0, op_vals = 0, fmt_vals = 0;
       bool keys_q = false, vals_q = false;
       for (int trial = 0; trial < 8; ++trial) {

@@ -3,8 +3,9 @@
 //   kv_attention_scalar.cc   scalar reference, any block
 //   kv_dense.h               f32 / f16 / bf16 / fp8 blocks on AVX2 and AVX-512
 //   kv_int_f32.h             integer blocks in f32 arithmetic on AVX2 and AVX-512
-//   kv_int_vnni.cc           2/3/4-bit integer blocks on AVX-512 VNNI
-//   kv_int_avx2.cc           2/3/4-bit integer blocks on AVX2 (vpmaddubsw)
+//   kv_int_vnni.cc           2/3/4-bit integer blocks on AVX-512 VNNI; the others the AVX2
+//                            integer paths take go to those on AVX-512 too (8-bit codes)
+//   kv_int_avx2.cc           2/3/4/8-bit integer blocks on AVX2 (vpmaddubsw, vpmaddwd)
 //
 // Batch invariance comes from one rule, as in matmul.cc: every output element has exactly one
 // sequence of operations per ISA (each file states its own), and the row chunk (4 rows), token

@@ -38,7 +38,8 @@
 // 0.17, 3-bit 0.08, 2-bit 0.04; 4-bit kIntToken values 0.08-0.13, 2-bit 0.02). AVX2
 // (kv_int_avx2.cc) takes the same scheme with vpmaddubsw for 2- to 4-bit kIntChannel keys and
 // kIntToken values (group % 32 == 0), and with 16-bit operands (qs = max / 32767,
-// ps = max / 32767, vpmaddwd) for 8-bit ones. Other blocks and ISAs use f32 arithmetic, exact to
+// ps = max / 32767, vpmaddwd) for 8-bit ones; AVX-512 hands it the blocks VNNI does not take
+// (8-bit codes; every integer block on an AVX-512 CPU without VNNI). Other blocks and ISAs use f32 arithmetic, exact to
 // within f32 rounding:
 //   |error| <= (len + 4) u * sum |terms|,  u = 2^-24, len = d (scores) or n + 1 (values).
 // kv_scores_quantize_query / kv_accumulate_quantize_probs say which path a block takes.

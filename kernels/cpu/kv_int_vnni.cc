@@ -2,6 +2,8 @@
 // 2/3/4-bit codes: kIntChannel keys, kIntToken keys with d = 128 and group % 32 == 0, and
 // kIntToken values with group % 16 == 0 (d / group a power of two <= 16). The query (keys) or
 // the probabilities (values) are quantized to 8 bits; the error bounds are in kv_attention.h.
+// Integer blocks VNNI does not take but the AVX2 integer paths do (8-bit codes; all of them on
+// AVX-512 without VNNI) are handed to kv_int_avx2.cc, which every AVX-512 CPU runs.
 //
 // Codes are expanded to bytes with vpermb + vpmultishiftqb + and (2, 3, 4 bits alike, 64 codes
 // per three instructions) in an order chosen so that interleaving four streams (unpack epi8, then
@@ -950,11 +952,19 @@ bool vnni_values(const KvBlock& v) {
 
 }  // namespace
 
-bool vnni_scores_take(const KvBlock& k) { return k.d <= kMaxSimdD && (vnni_keys(k) || vnni_token_keys(k)); }
+// The blocks VNNI does not take (8-bit codes; any, on AVX-512 without VNNI) go to the AVX2
+// integer paths (kv_int_avx2.cc: vpmaddwd / vpmaddubsw on 256 bits), which every AVX-512 CPU runs:
+// int8 at 32K, 8B layout, 13.1 -> 4.9 ms against the f32 path (docs/results.md).
+bool vnni_scores_take(const KvBlock& k) {
+  return k.d <= kMaxSimdD && (vnni_keys(k) || vnni_token_keys(k) || avx2_int_scores_take(k));
+}
 
-bool vnni_accumulate_take(const KvBlock& v) { return v.d <= kMaxSimdD && vnni_values(v); }
+bool vnni_accumulate_take(const KvBlock& v) {
+  return v.d <= kMaxSimdD && (vnni_values(v) || avx2_int_accumulate_take(v));
+}
 
 void vnni_scores(const KvBlock& k, const float* q, int rows, float* s) {
+  if (!vnni_keys(k) && !vnni_token_keys(k)) return avx2_int_scores(k, q, rows, s);
   for (int r0 = 0; r0 < rows; r0 += 4) {
     const float* qr = q + int64_t(r0) * k.d;
     float* sr = s + int64_t(r0) * k.n;
@@ -969,6 +979,7 @@ void vnni_scores(const KvBlock& k, const float* q, int rows, float* s) {
 }
 
 void vnni_accumulate(const KvBlock& v, const float* p, int rows, float* acc) {
+  if (!vnni_values(v)) return avx2_int_accumulate(v, p, rows, acc);
   for (int r0 = 0; r0 < rows; r0 += 4) {
     const float* pr = p + int64_t(r0) * v.n;
     float* ar = acc + int64_t(r0) * v.d;

@@ -11,8 +11,9 @@
 //   isa_entry.inc              the entry points of all of these for one ISA
 //   isa_avx2.cc                those instantiated for AVX2 (8 lanes)
 //   isa_avx512.cc              those instantiated for AVX-512 (16 lanes)
-//   kv_int_vnni.cc             integer dot products on AVX-512 VNNI (2/3/4-bit codes)
-//   kv_int_avx2.cc             integer dot products on AVX2 (vpmaddubsw)
+//   kv_int_vnni.cc             integer dot products on AVX-512 VNNI (2/3/4-bit codes; other
+//                              blocks the AVX2 integer paths take are handed to them)
+//   kv_int_avx2.cc             integer dot products on AVX2 (vpmaddubsw, vpmaddwd; 2/3/4/8 bits)
 //   simd_vec.h                 the vector width abstraction (Vec8 = AVX2, Vec16 = AVX-512)
 #pragma once
 
