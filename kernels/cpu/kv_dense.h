@@ -37,8 +37,8 @@ void dense_scores_tile(const uint8_t* data, int64_t stride, const uint16_t* scal
   const uint8_t* rows[T];
   KVLAB_UNROLL
   for (int t = 0; t < T; ++t) rows[t] = data + (j0 + t) * stride;
-  for (int c = 0; c < d; c += V::kLanes) {
-    const typename V::Tail m = V::tail(d - c);
+  // Whole vectors through a constant tail (plain loads, no mask built per step), then the rest.
+  auto step = [&](int c, typename V::Tail m) __attribute__((always_inline)) {
     F kv[T];
     KVLAB_UNROLL
     for (int t = 0; t < T; ++t) kv[t] = V::template load_dense<Fmt, kRaw>(rows[t], c, m);
@@ -49,7 +49,10 @@ void dense_scores_tile(const uint8_t* data, int64_t stride, const uint16_t* scal
       KVLAB_UNROLL
       for (int t = 0; t < T; ++t) acc[r * T + t] = V::fma(qv, kv[t], acc[r * T + t]);
     }
-  }
+  };
+  int c = 0;
+  for (; c + V::kLanes <= d; c += V::kLanes) step(c, V::tail(V::kLanes));
+  if (c < d) step(c, V::tail(d - c));
   float out[R * T];
   V::hsums(acc, out);
   KVLAB_UNROLL
@@ -121,10 +124,13 @@ void dense_scores(const uint8_t* data, int64_t stride, const uint16_t* scale, in
 
 // Channels c0 .. c0 + C * kLanes - 1 (clipped to d) of R accumulator rows (d apart): their tails
 // and values.
+// end: where the channels stop (d, or the tile's end when it lies inside d, which makes the tails
+// constants); d: the row stride of acc.
 template <class V, int R, int C>
-inline void load_acc_tile(const float* acc, int d, int c0, typename V::Tail (&m)[C], typename V::F (&a)[R][C]) {
+inline void load_acc_tile(const float* acc, int end, int c0, typename V::Tail (&m)[C], typename V::F (&a)[R][C],
+                          int d) {
   KVLAB_UNROLL
-  for (int c = 0; c < C; ++c) m[c] = V::tail(d - c0 - V::kLanes * c);
+  for (int c = 0; c < C; ++c) m[c] = V::tail(end - c0 - V::kLanes * c);
   KVLAB_UNROLL
   for (int r = 0; r < R; ++r) {
     KVLAB_UNROLL
@@ -134,14 +140,15 @@ inline void load_acc_tile(const float* acc, int d, int c0, typename V::Tail (&m)
 
 // p: R rows of n weights, row stride p_stride; for fp8 already multiplied by the tokens' scales
 // (dense_acc).
-template <class V, KvFormat Fmt, int R, int C, bool kRaw>
+// kFull: the tile's C vectors lie inside d (constant tails: plain loads, no masks).
+template <class V, KvFormat Fmt, int R, int C, bool kRaw, bool kFull>
 void dense_acc_tile(const KvBlock& v, const float* p, int64_t p_stride, int c0, float* acc, const uint8_t* ahead) {
   using F = typename V::F;
   constexpr int L = V::kLanes;
   const int n = v.n, d = v.d;
   typename V::Tail m[C];
   F a[R][C];
-  load_acc_tile<V, R, C>(acc, d, c0, m, a);
+  load_acc_tile<V, R, C>(acc, kFull ? c0 + C * L : d, c0, m, a, d);
   for (int j = 0; j < n; ++j) {
     const uint8_t* row = v.data + j * v.stride;
     if (ahead) {
@@ -171,8 +178,13 @@ template <class V, KvFormat Fmt, int R, bool kRaw>
 void dense_acc_rows(const KvBlock& v, const float* p, int64_t p_stride, float* acc, const uint8_t* ahead) {
   constexpr int W = V::kLanes * V::kTile;  // channels per tile
   for (int c0 = 0; c0 < v.d; c0 += W) {
-    with_rows((std::min(W, v.d - c0) + V::kLanes - 1) / V::kLanes, [&]<int C>() {
-      if constexpr (C <= V::kTile) dense_acc_tile<V, Fmt, R, C, kRaw>(v, p, p_stride, c0, acc, ahead);
+    const int vectors = (std::min(W, v.d - c0) + V::kLanes - 1) / V::kLanes;
+    if (c0 + W <= v.d) {
+      dense_acc_tile<V, Fmt, R, V::kTile, kRaw, true>(v, p, p_stride, c0, acc, ahead);
+      continue;
+    }
+    with_rows(vectors, [&]<int C>() {
+      if constexpr (C <= V::kTile) dense_acc_tile<V, Fmt, R, C, kRaw, false>(v, p, p_stride, c0, acc, ahead);
     });
   }
 }
