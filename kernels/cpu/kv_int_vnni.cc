@@ -954,7 +954,7 @@ bool vnni_values(const KvBlock& v) {
 
 // The blocks VNNI does not take (8-bit codes; any, on AVX-512 without VNNI) go to the AVX2
 // integer paths (kv_int_avx2.cc: vpmaddwd / vpmaddubsw on 256 bits), which every AVX-512 CPU runs:
-// int8 at 32K, 8B layout, 13.1 -> 4.9 ms against the f32 path (docs/results.md).
+// int8 at 32K, 8B layout, from memory, 13.3 -> 7.2 ms against the f32 path (docs/results.md).
 bool vnni_scores_take(const KvBlock& k) {
   return k.d <= kMaxSimdD && (vnni_keys(k) || vnni_token_keys(k) || avx2_int_scores_take(k));
 }
