@@ -179,7 +179,8 @@ double f32_budget(int len, double abs_terms) {
 
 // The largest |kv_scores - exact| for row q and token j of block k on `isa`: the f32 budget of the
 // d-term dot product, plus, where the kernel quantizes the scale-folded query to int8 (int16 for
-// 8-bit codes: AVX2) (kv_scores_quantize_query), the bound derived in kv_attention.h:
+// 8-bit codes: the AVX2 integer paths, which AVX-512 uses too) (kv_scores_quantize_query), the
+// bound derived in kv_attention.h:
 //   qs = max_c |q[c] * scale[c]| / 127 (8-bit codes: / 32767),
 //   |error| <= (qs / 2) * sum_c |code(j, c) - m|,  m = (2^bits - 1) / 2,
 // with the f32 budget widened by the bias-correction sum m * sum_c |q[c] * scale[c]|.
@@ -224,7 +225,8 @@ double score_bound(Isa isa, const KvBlock& k, const float* q, int j) {
 
 // The largest |kv_accumulate - exact| for channel c of one row (probabilities p, prior value
 // acc0): the f32 budget of the n + 1 terms, plus, where the kernel quantizes p * scale to uint8
-// (15 bits for 8-bit codes: AVX2) (kv_accumulate_quantize_probs), per chunk of 128 tokens:
+// (15 bits for 8-bit codes: the AVX2 integer paths, on AVX-512 too) (kv_accumulate_quantize_probs),
+// per chunk of 128 tokens:
 //   ps = max_{j, g} p[j] * scale[j, g] / 255 (8-bit codes: / 32767),
 //   |error| <= (ps / 2) * sum_j |code(j, c) - m|.
 double acc_bound(Isa isa, const KvBlock& v, const float* p, double acc0, int c) {
