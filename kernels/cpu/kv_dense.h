@@ -123,14 +123,11 @@ void dense_scores(const uint8_t* data, int64_t stride, const uint16_t* scale, in
 // ---- accumulate: tiles of R rows x C vectors of channels, the tokens streaming past ------------
 
 // Channels c0 .. c0 + C * kLanes - 1 (clipped to d) of R accumulator rows (d apart): their tails
-// and values.
-// end: where the channels stop (d, or the tile's end when it lies inside d, which makes the tails
-// constants); d: the row stride of acc.
-template <class V, int R, int C>
-inline void load_acc_tile(const float* acc, int end, int c0, typename V::Tail (&m)[C], typename V::F (&a)[R][C],
-                          int d) {
+// and values. kFull: the tile lies inside d, so the tails are constants (plain loads, no masks).
+template <class V, int R, int C, bool kFull = false>
+inline void load_acc_tile(const float* acc, int d, int c0, typename V::Tail (&m)[C], typename V::F (&a)[R][C]) {
   KVLAB_UNROLL
-  for (int c = 0; c < C; ++c) m[c] = V::tail(end - c0 - V::kLanes * c);
+  for (int c = 0; c < C; ++c) m[c] = kFull ? V::tail(V::kLanes) : V::tail(d - c0 - V::kLanes * c);
   KVLAB_UNROLL
   for (int r = 0; r < R; ++r) {
     KVLAB_UNROLL
@@ -140,7 +137,6 @@ inline void load_acc_tile(const float* acc, int end, int c0, typename V::Tail (&
 
 // p: R rows of n weights, row stride p_stride; for fp8 already multiplied by the tokens' scales
 // (dense_acc).
-// kFull: the tile's C vectors lie inside d (constant tails: plain loads, no masks).
 template <class V, KvFormat Fmt, int R, int C, bool kRaw, bool kFull>
 void dense_acc_tile(const KvBlock& v, const float* p, int64_t p_stride, int c0, float* acc, const uint8_t* ahead) {
   using F = typename V::F;
@@ -148,7 +144,7 @@ void dense_acc_tile(const KvBlock& v, const float* p, int64_t p_stride, int c0, 
   const int n = v.n, d = v.d;
   typename V::Tail m[C];
   F a[R][C];
-  load_acc_tile<V, R, C>(acc, kFull ? c0 + C * L : d, c0, m, a, d);
+  load_acc_tile<V, R, C, kFull>(acc, d, c0, m, a);
   for (int j = 0; j < n; ++j) {
     const uint8_t* row = v.data + j * v.stride;
     if (ahead) {
@@ -178,12 +174,11 @@ template <class V, KvFormat Fmt, int R, bool kRaw>
 void dense_acc_rows(const KvBlock& v, const float* p, int64_t p_stride, float* acc, const uint8_t* ahead) {
   constexpr int W = V::kLanes * V::kTile;  // channels per tile
   for (int c0 = 0; c0 < v.d; c0 += W) {
-    const int vectors = (std::min(W, v.d - c0) + V::kLanes - 1) / V::kLanes;
     if (c0 + W <= v.d) {
       dense_acc_tile<V, Fmt, R, V::kTile, kRaw, true>(v, p, p_stride, c0, acc, ahead);
       continue;
     }
-    with_rows(vectors, [&]<int C>() {
+    with_rows((v.d - c0 + V::kLanes - 1) / V::kLanes, [&]<int C>() {
       if constexpr (C <= V::kTile) dense_acc_tile<V, Fmt, R, C, kRaw, false>(v, p, p_stride, c0, acc, ahead);
     });
   }

@@ -144,7 +144,7 @@ void int_token_acc_tile(const KvBlock& v, const float* p, const float* zs, int c
   const int64_t rb = packed_bytes(d, v.bits);
   typename V::Tail m[C];
   F a[R][C];
-  load_acc_tile<V, R, C>(acc, d, c0, m, a, d);
+  load_acc_tile<V, R, C>(acc, d, c0, m, a);
   // One group over the whole tile: p * scale is one number per (row, token), the same product
   // every lane would round.
   const bool one_group = c0 / v.group == (c0 + L * C - 1) / v.group;
