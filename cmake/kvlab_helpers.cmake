@@ -12,7 +12,10 @@ function(kvlab_cc_library)
   cmake_parse_arguments(ARG "" "NAME" "SRCS;HDRS;DEPS;DEFINES" ${ARGN})
   add_library(kvlab_${ARG_NAME} STATIC ${ARG_SRCS} ${ARG_HDRS})
   add_library(kvlab::${ARG_NAME} ALIAS kvlab_${ARG_NAME})
-  target_include_directories(kvlab_${ARG_NAME} PUBLIC ${PROJECT_SOURCE_DIR})
+  # kvlab::<name> in an install too; there the include directories are the installed ones
+  # (cmake/kvlab_install.cmake).
+  set_target_properties(kvlab_${ARG_NAME} PROPERTIES EXPORT_NAME ${ARG_NAME})
+  target_include_directories(kvlab_${ARG_NAME} PUBLIC $<BUILD_INTERFACE:${PROJECT_SOURCE_DIR}>)
   target_compile_options(kvlab_${ARG_NAME} PRIVATE ${KVLAB_WARNINGS})
   target_compile_definitions(kvlab_${ARG_NAME} PRIVATE ${ARG_DEFINES})
   target_link_libraries(kvlab_${ARG_NAME} PUBLIC ${ARG_DEPS})

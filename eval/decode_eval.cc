@@ -61,6 +61,7 @@ Status validate(const Model& model, DecodeEvalConfig& c) {
 StatusOr<DecodeEvalResult> run_decode_eval(const Model& model, const std::string& model_label,
                                            const std::string& text_path, DecodeEvalConfig config,
                                            Progress& progress) {
+  if (config.context < 0) config.context = std::min(1024, model.config().max_seq_len);
   KVLAB_RETURN_IF_ERROR(validate(model, config));
   const int N = config.context, P = config.prefill, W = config.windows;
   // Lane 0 is the reference; the caches are made before the slow tokenization so that a bad

@@ -31,7 +31,7 @@ namespace kvlab {
 
 struct DecodeEvalConfig {
   std::vector<std::string> policies;  // specs; the reference full:dtype=f32 runs in any case
-  int context = 1024;                 // N
+  int context = -1;                   // N; -1: 1024 or the model's context, if shorter
   int prefill = -1;                   // P; -1 means N / 2
   int windows = 8;                    // W
   bool retrieval = false;

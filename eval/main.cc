@@ -301,7 +301,6 @@ Status cmd_eval(const Args& a) {
   }
   KVLAB_ASSIGN_OR_RETURN(std::string model_arg, a.get("--model"));
   KVLAB_ASSIGN_OR_RETURN(auto model, load_model(a));
-  if (cfg.context < 0) cfg.context = std::min(1024, model->config().max_seq_len);
   Progress progress(a.has("--quiet"));
   KVLAB_ASSIGN_OR_RETURN(DecodeEvalResult r, run_decode_eval(*model, model_arg, text, cfg, progress));
   std::fputs(format_decode_eval(r).c_str(), stdout);

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command of the README: installs dependencies, fetches the model, builds, runs every
-# test, reruns the kernel-dependent suites under each narrower ISA, then the sanitized suite.
+# test, builds examples/engine against an install (scripts/test_install.sh), reruns the
+# kernel-dependent suites under each narrower ISA, then the sanitized suite.
 # Tests run one at a time: each already uses every core through OpenMP.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -10,6 +11,10 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root/build"
 echo "[run_tests] all tests"
 ctest --output-on-failure --timeout 900
+echo "[run_tests] Python module (pytest)"
+PYTHONPATH="$root/build/python" KVLAB_BIN_DIR="$root/build/bin" "$root/.venv/bin/python" -m pytest -q "$root/tests/python"
+echo "[run_tests] install + examples/engine"
+"$root/scripts/test_install.sh" "$root/build"
 
 # The suites labelled `isa` again under each ISA narrower than the active one, so that every
 # kernel path runs on every machine: the kernel suites loop over all ISAs themselves, but the
