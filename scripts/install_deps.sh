@@ -25,4 +25,4 @@ fi
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 [ -x "$root/.venv/bin/python" ] || python3 -m venv --system-site-packages "$root/.venv"
 "$root/.venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-  pybind11 scikit-build-core numpy pytest torch transformers gguf matplotlib
+  pybind11 scikit-build-core numpy pytest torch transformers gguf accelerate matplotlib
