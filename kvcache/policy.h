@@ -70,6 +70,12 @@ struct LayerContents {
   std::vector<float> k;            // [n, kv_dim] post-RoPE
   std::vector<float> v;            // [n, kv_dim]
 
+  // Room for n tokens, so that appending them reallocates nothing.
+  void reserve(int n, int kv_dim) {
+    positions.reserve(size_t(n));
+    k.reserve(size_t(n) * size_t(kv_dim));
+    v.reserve(size_t(n) * size_t(kv_dim));
+  }
   // Adds a token at `pos`; returns where its k and v ([kv_dim] each) go.
   std::pair<float*, float*> append(int32_t pos, int kv_dim) {
     positions.push_back(pos);

@@ -28,6 +28,7 @@
 #include "model/model.h"
 #include "python_bindings/convert.h"
 #include "python_bindings/python_policy.h"
+#include "python_bindings/torch_tensors.h"
 
 namespace py = pybind11;
 
@@ -271,6 +272,12 @@ void define_module(py::module_& m) {
                                    to_numpy(std::move(x.v), {n, kv}));
            }, py::arg("layer"), py::arg("slot"),
            "(positions int32 [n], post-RoPE keys float32 [n, kv_dim], values [n, kv_dim]) as attention sees them")
+#ifdef KVLAB_WITH_TORCH
+      .def("read_torch", [](const Cache& c, int layer, int slot) {
+             check_layer_slot(*c.cache, layer, slot);
+             return read_torch(*c.cache, layer, slot);
+           }, py::arg("layer"), py::arg("slot"), "read() as torch tensors (no copy of the result)")
+#endif
       .def("bytes", [](const Cache& c) { return memory_dict(c.cache->memory()); }, "The ledger: bytes by kind.")
       .def("report", [](const Cache& c) { return parse_json(c.cache->report().dump()); })
       .def("save", [](const Cache& c, const std::string& path) { check(c.cache->save(path)); }, py::arg("path"))
@@ -281,9 +288,12 @@ void define_module(py::module_& m) {
              return unwrap(c.cache->plan(slots, counts));
            }, py::arg("slots"), py::arg("counts"))
       .def("attend", [](Cache& c, int layer, const ForwardBatch& b, py::handle q, py::handle k, py::handle v,
-                        py::handle out) {
+                        py::handle out) -> py::object {
              const KvGeometry& g = c.cache->geometry();
              if (layer < 0 || layer >= g.n_layers) throw py::value_error("attend: layer out of range");
+#ifdef KVLAB_WITH_TORCH
+             if (is_torch_tensor(q)) return attend_torch(*c.cache, layer, b, q, k, v, out);
+#endif
              py::array qa = as_array<float>(q, "q", 2, {b.n_rows(), g.q_dim()});
              py::array ka = as_array<float>(k, "k", 2, {b.n_rows(), g.kv_dim()});
              py::array va = as_array<float>(v, "v", 2, {b.n_rows(), g.kv_dim()});
@@ -296,7 +306,8 @@ void define_module(py::module_& m) {
              }
              return oa;
            }, py::arg("layer"), py::arg("batch"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out") = py::none(),
-           "q post-RoPE float32 [rows, q_dim], k PRE-RoPE and v [rows, kv_dim]; writes and returns out [rows, q_dim]")
+           "q post-RoPE float32 [rows, q_dim], k PRE-RoPE and v [rows, kv_dim]; writes and returns out [rows, q_dim]. "
+           "Built with KVLAB_TORCH: torch tensors of any float dtype and strides, and a torch tensor back.")
       .def("commit", [](Cache& c, const ForwardBatch& b) {
              py::gil_scoped_release release;
              c.cache->commit(b);
@@ -312,7 +323,22 @@ void define_module(py::module_& m) {
   m.def("_float_address", [](py::handle x) { return reinterpret_cast<uintptr_t>(as_array<float>(x, "x", -1).data()); });
   m.def("_int32_address", [](py::handle x) { return reinterpret_cast<uintptr_t>(as_array<int32_t>(x, "x", -1).data()); });
 
+#ifdef KVLAB_WITH_TORCH
+  m.attr("WITH_TORCH") = true;
+#else
+  m.attr("WITH_TORCH") = false;
+#endif
   define_python_policies(m);
+}
+
+}  // namespace kvlab::python
+
+namespace kvlab::python {
+
+bool is_torch_tensor(py::handle x) {
+  const py::handle type = py::type::handle_of(x);
+  return py::hasattr(type, "__module__") && py::str(type.attr("__module__")).cast<std::string>().rfind("torch", 0) == 0 &&
+         py::hasattr(x, "__dlpack__");
 }
 
 }  // namespace kvlab::python

@@ -90,6 +90,7 @@ class TieredPolicy final : public Policy {
     const Slot& sl = slot(layer, seq);
     const int kv_dim = ctx_.geometry.kv_dim();
     LayerContents c;
+    c.reserve(sl.sink.size() + sl.blocks.size() + sl.recent.size(), kv_dim);
     for (int i = 0; i < sl.sink.size(); ++i) {
       auto [k, v] = c.append(i, kv_dim);
       sl.sink.read(i, k, v);

@@ -24,7 +24,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 from ._kvlab import Batch, Cache, Model, PolicyContext, load_model as _load_model, policies  # noqa: F401
 from . import _kvlab
-from ._kvlab import _float_address, _int32_address  # noqa: F401 (tests: where a conversion reads)
+from ._kvlab import WITH_TORCH, _float_address, _int32_address  # noqa: F401 (_*: tests)
 
 __all__ = ["Batch", "Cache", "Model", "Policy", "PolicyContext", "calibrate", "eval", "load_model",
            "policies", "register_policy"]
