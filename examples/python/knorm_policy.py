@@ -26,13 +26,18 @@ class KnormPolicy(kvlab.Policy):
         s = self.seqs.get((layer, slot))
         return None if s is None else (s[0][:s[3]], s[1][:s[3]], s[2][:s[3]])
 
+    def _alloc(self, cap):  # [positions, keys, values] for cap tokens, booked on the ledger
+        return [self.ctx.allocate("index", (cap,), np.int32), self.ctx.allocate("payload", (cap, self.ctx.kv_dim)),
+                self.ctx.allocate("payload", (cap, self.ctx.kv_dim))]
+
+    def _blocks(self, n):  # n tokens rounded up to whole blocks
+        return -(-n // self.ctx.block_tokens) * self.ctx.block_tokens
+
     def _store(self, layer, slot, pos, k, v, spare=True):
         s = self.seqs.get((layer, slot))
         n = 0 if s is None else s[3]
-        if s is None or n + len(pos) > len(s[0]):  # grow by doubling, in whole blocks
-            cap = -(-(2 if spare else 1) * (n + len(pos)) // self.ctx.block_tokens) * self.ctx.block_tokens
-            g = [self.ctx.allocate("index", (cap,), np.int32), self.ctx.allocate("payload", (cap, self.ctx.kv_dim)),
-                 self.ctx.allocate("payload", (cap, self.ctx.kv_dim)), n]
+        if s is None or n + len(pos) > len(s[0]):  # grow by doubling
+            g = self._alloc(self._blocks((2 if spare else 1) * (n + len(pos)))) + [n]
             if s is not None:
                 for a, b in zip(g[:3], s[:3]):
                     a[:n] = b[:n]
@@ -42,9 +47,11 @@ class KnormPolicy(kvlab.Policy):
 
     def _keep(self, layer, slot, keep):  # keep: sorted indices of the tokens that stay
         s = self.seqs[(layer, slot)]
-        for a in s[:3]:
-            a[:len(keep)] = a[keep]
-        s[3] = len(keep)
+        cap = self._blocks(len(keep) + self.ctx.block_tokens)  # a block of room for the next tokens
+        g = self._alloc(cap) if cap < len(s[0]) else s[:3]  # evicted memory is given back
+        for a, b in zip(g, s[:3]):
+            a[:len(keep)] = b[keep]
+        self.seqs[(layer, slot)] = g + [len(keep)]
 
     def attend(self, layer, batch, q, k, v, out):
         hist = [self._history(layer, slot) for slot, *_ in batch.seqs]
