@@ -7,7 +7,7 @@ forward, cache.read of a 4096-token layer no more than one copy).
             Python loop; the median of each).
   read      full:dtype=f32 at 4096 tokens: cache.read(layer, 0) against numpy copying the three
             arrays it returns (positions, K, V). The C++ read is itself one copy out of the cache's
-            pages (into zero-filled vectors), so a ratio near 1 means the binding adds none.
+            pages, so a ratio near 1 means the binding adds none.
 
   PYTHONPATH=build/python python3 bench/python_overhead.py [--ctx 512] [--steps 200]
 """

@@ -76,6 +76,17 @@ struct LayerContents {
     k.reserve(size_t(n) * size_t(kv_dim));
     v.reserve(size_t(n) * size_t(kv_dim));
   }
+  // Adds a token at `pos` whose k and v ([kv_dim] each) write(k, v) fills, through `buf` (a
+  // token's worth, reused across calls), so that reserved vectors are written once: append()
+  // resizes, which zero-fills them first (a second pass over a long layer's output).
+  template <typename Write>
+  void append_written(int32_t pos, int kv_dim, std::vector<float>& buf, Write&& write) {
+    buf.resize(2 * size_t(kv_dim));
+    write(buf.data(), buf.data() + kv_dim);
+    positions.push_back(pos);
+    k.insert(k.end(), buf.begin(), buf.begin() + kv_dim);
+    v.insert(v.end(), buf.begin() + kv_dim, buf.end());
+  }
   // Adds a token at `pos`; returns where its k and v ([kv_dim] each) go.
   std::pair<float*, float*> append(int32_t pos, int kv_dim) {
     positions.push_back(pos);

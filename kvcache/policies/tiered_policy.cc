@@ -91,18 +91,16 @@ class TieredPolicy final : public Policy {
     const int kv_dim = ctx_.geometry.kv_dim();
     LayerContents c;
     c.reserve(sl.sink.size() + sl.blocks.size() + sl.recent.size(), kv_dim);
+    std::vector<float> buf;
     for (int i = 0; i < sl.sink.size(); ++i) {
-      auto [k, v] = c.append(i, kv_dim);
-      sl.sink.read(i, k, v);
+      c.append_written(i, kv_dim, buf, [&](float* k, float* v) { sl.sink.read(i, k, v); });
     }
     for (int i = 0; i < sl.blocks.size(); ++i) {
-      auto [k, v] = c.append(cfg_.sink + i, kv_dim);
-      sl.blocks.read(i, k, v);
+      c.append_written(cfg_.sink + i, kv_dim, buf, [&](float* k, float* v) { sl.blocks.read(i, k, v); });
     }
     const int first = sl.next - sl.recent.size();
     for (int i = 0; i < sl.recent.size(); ++i) {
-      auto [k, v] = c.append(first + i, kv_dim);
-      sl.recent.read(i, k, v);
+      c.append_written(first + i, kv_dim, buf, [&](float* k, float* v) { sl.recent.read(i, k, v); });
     }
     return c;
   }
