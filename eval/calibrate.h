@@ -41,6 +41,14 @@ struct CalibrateResult {
 // spec with none or with several ("calibrate one at a time").
 StatusOr<LayerAssignment> calibrated_range(const std::string& spec, int n_layers, const std::string& policy);
 
+// Whether `policies` asks for dynsparse deciders (run_decider_calibration) rather than AQUA-KV
+// predictors (run_calibration), and the tokens each captures by default: deciders learn from the
+// attention of every query of layers >= K, slower per token.
+inline bool calibrates_deciders(const std::vector<std::string>& policies) {
+  return !policies.empty() && policies[0].rfind("dynsparse", 0) == 0;
+}
+inline int64_t default_calibration_tokens(bool deciders) { return deciders ? 32768 : CalibrateConfig().tokens; }
+
 StatusOr<CalibrateResult> run_calibration(const Model& model, const CalibrateConfig& config, Progress& progress);
 // Per-layer table: relMSE of the K and V predictions (fitted / held-out tokens) and equivalent
 // bits = -log4(relMSE held out).

@@ -323,9 +323,8 @@ Status cmd_calibrate(const Args& a) {
   KVLAB_ASSIGN_OR_RETURN(cfg.text_path, a.get("--text"));
   cfg.policies = a.all("--policy");
   cfg.outputs = a.all("--out");
-  // dynsparse deciders learn from the attention of every query of layers >= K (slower per token)
-  const bool deciders = !cfg.policies.empty() && cfg.policies[0].rfind("dynsparse", 0) == 0;
-  if (deciders) cfg.tokens = 32768;
+  const bool deciders = calibrates_deciders(cfg.policies);
+  cfg.tokens = default_calibration_tokens(deciders);
   KVLAB_ASSIGN_OR_RETURN(cfg.tokens, a.get_int("--tokens", cfg.tokens, 16, int64_t(1) << 32));
   KVLAB_ASSIGN_OR_RETURN(int64_t horizon, a.get_int("--horizon", cfg.horizon, 1, 1 << 24));
   cfg.horizon = int(horizon);

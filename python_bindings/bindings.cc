@@ -175,8 +175,8 @@ py::dict calibrate(const Model& model, const std::string& text, const std::vecto
   cfg.text_path = text;
   cfg.policies = policies;
   cfg.outputs = outputs;
-  const bool deciders = !policies.empty() && policies[0].rfind("dynsparse", 0) == 0;
-  cfg.tokens = tokens > 0 ? tokens : deciders ? 32768 : cfg.tokens;
+  const bool deciders = calibrates_deciders(policies);
+  cfg.tokens = tokens > 0 ? tokens : default_calibration_tokens(deciders);
   cfg.window = window;
   cfg.horizon = horizon;
   py::dict d;

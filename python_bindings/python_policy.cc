@@ -7,9 +7,9 @@
 #include <memory>
 #include <new>
 #include <string>
+#include <tuple>
 #include <vector>
 
-#include "attention/attend.h"
 #include "kvcache/policies/batch_attention.h"
 #include "kvcache/registry.h"
 #include "kvcache/token_ring.h"
@@ -57,7 +57,7 @@ py::array allocate(const std::shared_ptr<Context>& c, const std::string& kind_na
   }
   const size_t bytes = kHeaderBytes + count * size_t(dtype.itemsize());
   char* raw = static_cast<char*>(::operator new(bytes));
-  auto* header = new (raw) TrackedHeader{c, kind, bytes};
+  new (raw) TrackedHeader{c, kind, bytes};
   if (c->ledger) c->ledger->add(kind, int64_t(bytes));
   py::capsule owner(raw, [](void* p) {
     auto* h = static_cast<TrackedHeader*>(p);
@@ -65,7 +65,6 @@ py::array allocate(const std::shared_ptr<Context>& c, const std::string& kind_na
     h->~TrackedHeader();
     ::operator delete(p);
   });
-  (void)header;
   py::array a(dtype, shape, raw + kHeaderBytes, owner);
   std::memset(a.mutable_data(), 0, count * size_t(dtype.itemsize()));
   return a;
@@ -81,6 +80,16 @@ py::array view(const float* p, py::ssize_t rows, py::ssize_t cols, bool writable
   py::array_t<float> a({rows, cols}, const_cast<float*>(p), py::none());
   if (!writable) a.attr("setflags")(py::arg("write") = false);
   return a;
+}
+
+// A layer's (positions int32 [n], k float32 [n, kv_dim], v [n, kv_dim]) tuple from Python.
+std::tuple<py::array, py::array, py::array> layer_arrays(py::handle t, const std::string& what, int kv_dim) {
+  if (!py::isinstance<py::tuple>(t) || py::len(t) != 3) throw py::value_error(what + ": (positions, k, v) needed");
+  const py::tuple x = py::reinterpret_borrow<py::tuple>(t);
+  py::array pos = as_array<int32_t>(x[0], (what + " positions").c_str(), 1);
+  py::array k = as_array<float>(x[1], (what + " k").c_str(), 2, {pos.shape(0), kv_dim});
+  py::array v = as_array<float>(x[2], (what + " v").c_str(), 2, {pos.shape(0), kv_dim});
+  return {pos, k, v};
 }
 
 // A Python policy's history of one sequence: post-RoPE keys and values [n, kv_dim] (f32) at
@@ -150,12 +159,7 @@ class PythonPolicy final : public Policy {
   }
   LayerContents read(int layer, int seq) const override {
     py::gil_scoped_acquire gil;
-    const py::tuple t = obj_.attr("read")(layer, seq);
-    if (t.size() != 3) throw py::value_error("Policy.read must return (positions, k, v)");
-    const int kv = ctx_.geometry.kv_dim();
-    py::array pos = as_array<int32_t>(t[0], "read: positions", 1);
-    py::array k = as_array<float>(t[1], "read: k", 2, {pos.shape(0), kv});
-    py::array v = as_array<float>(t[2], "read: v", 2, {pos.shape(0), kv});
+    const auto [pos, k, v] = layer_arrays(obj_.attr("read")(layer, seq), "Policy.read", ctx_.geometry.kv_dim());
     LayerContents out;
     const auto* pp = static_cast<const int32_t*>(pos.data());
     out.positions.assign(pp, pp + pos.shape(0));
@@ -298,24 +302,7 @@ void define_python_policies(py::module_& m) {
              }
              c.ctx.rope->rotate(static_cast<float*>(a.mutable_data()), a.shape(0), int(a.shape(1) / g.head_dim),
                                 static_cast<const int32_t*>(pos.data()));
-           }, py::arg("x"), py::arg("positions"), "Applies RoPE in place: x float32 [n, heads * head_dim] at positions [n].")
-      .def("attention", [](const Context& c, py::handle q, py::handle q_pos, py::handle k, py::handle v,
-                           py::handle k_pos) {
-             const KvGeometry& g = c.ctx.geometry;
-             py::array qp = as_array<int32_t>(q_pos, "q_positions", 1);
-             py::array kp = as_array<int32_t>(k_pos, "k_positions", 1);
-             py::array qa = as_array<float>(q, "q", 2, {qp.shape(0), g.q_dim()});
-             py::array ka = as_array<float>(k, "k", 2, {kp.shape(0), g.kv_dim()});
-             py::array va = as_array<float>(v, "v", 2, {kp.shape(0), g.kv_dim()});
-             py::array_t<float> out({qp.shape(0), py::ssize_t(g.q_dim())});
-             const AttentionShape shape{g.n_heads, g.n_kv_heads, g.head_dim, 1.0f / std::sqrt(float(g.head_dim))};
-             attend_reference(shape, static_cast<const float*>(qa.data()), static_cast<const int32_t*>(qp.data()),
-                              int(qp.shape(0)), static_cast<const float*>(ka.data()), static_cast<const float*>(va.data()),
-                              static_cast<const int32_t*>(kp.data()), int(kp.shape(0)), out.mutable_data());
-             return out;
-           }, py::arg("q"), py::arg("q_positions"), py::arg("k"), py::arg("v"), py::arg("k_positions"),
-           "Reference attention (double precision): q post-RoPE [nq, q_dim], keys post-RoPE and values "
-           "[nk, kv_dim]; key j is visible to query i iff k_positions[j] <= q_positions[i].");
+           }, py::arg("x"), py::arg("positions"), "Applies RoPE in place: x float32 [n, heads * head_dim] at positions [n].");
 
   // ctx.attend: the attention engine every C++ policy uses, over histories held in Python.
   ctx_class.def_property_readonly("block_tokens", [](const Context& c) { return ring_page_tokens(c.ctx.geometry.max_seq_len); },
@@ -339,11 +326,7 @@ void define_python_policies(py::module_& m) {
                  ptrs.push_back(nullptr);
                  continue;
                }
-               const py::tuple t = histories[i];
-               if (t.size() != 3) throw py::value_error("attend: a history is (positions, k, v)");
-               py::array pos = as_array<int32_t>(t[0], "history positions", 1);
-               py::array hk = as_array<float>(t[1], "history k", 2, {pos.shape(0), g.kv_dim()});
-               py::array hv = as_array<float>(t[2], "history v", 2, {pos.shape(0), g.kv_dim()});
+               auto [pos, hk, hv] = layer_arrays(histories[i], "attend: history", g.kv_dim());
                held.emplace_back(pos, hk, hv, g.head_dim, block_tokens);
                ptrs.push_back(&held.back());
              }
