@@ -1,33 +1,44 @@
 // IEEE binary16 (f16) and bfloat16 (bf16) <-> f32, scalar and exact: round to nearest even on the
 // way down, exact on the way up. NaN stays NaN, overflow becomes infinity, f16 subnormals are kept.
+// Host and device code (base/hd.h).
 #pragma once
 
 #include <cstdint>
 #include <cstring>
 
+#include "base/hd.h"
+
 namespace kvlab {
 
-inline uint32_t f32_bits(float f) {
+KVLAB_HD uint32_t f32_bits(float f) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(f);
+#else
   uint32_t u;
   std::memcpy(&u, &f, 4);
   return u;
+#endif
 }
-inline float f32_from_bits(uint32_t u) {
+KVLAB_HD float f32_from_bits(uint32_t u) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
   float f;
   std::memcpy(&f, &u, 4);
   return f;
+#endif
 }
 
-inline float bf16_to_f32(uint16_t h) { return f32_from_bits(uint32_t(h) << 16); }
+KVLAB_HD float bf16_to_f32(uint16_t h) { return f32_from_bits(uint32_t(h) << 16); }
 
-inline uint16_t f32_to_bf16(float f) {
+KVLAB_HD uint16_t f32_to_bf16(float f) {
   uint32_t u = f32_bits(f);
   if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40);  // quiet NaN
   u += 0x7fffu + ((u >> 16) & 1u);
   return uint16_t(u >> 16);
 }
 
-inline float f16_to_f32(uint16_t h) {
+KVLAB_HD float f16_to_f32(uint16_t h) {
   const uint32_t sign = uint32_t(h & 0x8000u) << 16;
   const uint32_t exp = (h >> 10) & 0x1fu;
   uint32_t mant = h & 0x3ffu;
@@ -39,7 +50,7 @@ inline float f16_to_f32(uint16_t h) {
   return sign ? -v : v;
 }
 
-inline uint16_t f32_to_f16(float f) {
+KVLAB_HD uint16_t f32_to_f16(float f) {
   const uint32_t u = f32_bits(f);
   const uint16_t sign = uint16_t((u >> 16) & 0x8000u);
   const uint32_t abs = u & 0x7fffffffu;

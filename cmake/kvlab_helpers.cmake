@@ -7,6 +7,8 @@
 #   kvlab_cc_bench(NAME decoder_bench SRCS decoder_bench.cc DEPS ...)  -> one Google Benchmark executable
 
 set(KVLAB_WARNINGS -Wall -Wextra -Wno-unknown-pragmas)
+# nvcc takes the host compiler's warnings through -Xcompiler and warns about device code itself.
+set(KVLAB_CUDA_WARNINGS -Xcompiler=-Wall,-Wextra,-Wno-unknown-pragmas)
 
 function(kvlab_cc_library)
   cmake_parse_arguments(ARG "" "NAME" "SRCS;HDRS;DEPS;DEFINES" ${ARGN})
@@ -16,7 +18,8 @@ function(kvlab_cc_library)
   # (cmake/kvlab_install.cmake).
   set_target_properties(kvlab_${ARG_NAME} PROPERTIES EXPORT_NAME ${ARG_NAME})
   target_include_directories(kvlab_${ARG_NAME} PUBLIC $<BUILD_INTERFACE:${PROJECT_SOURCE_DIR}>)
-  target_compile_options(kvlab_${ARG_NAME} PRIVATE ${KVLAB_WARNINGS})
+  target_compile_options(kvlab_${ARG_NAME} PRIVATE "$<$<COMPILE_LANGUAGE:CXX>:${KVLAB_WARNINGS}>"
+                         "$<$<COMPILE_LANGUAGE:CUDA>:${KVLAB_CUDA_WARNINGS}>")
   target_compile_definitions(kvlab_${ARG_NAME} PRIVATE ${ARG_DEFINES})
   target_link_libraries(kvlab_${ARG_NAME} PUBLIC ${ARG_DEPS})
 endfunction()

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "kernels/cpu/cpu_features.h"
+#include "testing/rng.h"
 
 namespace kvlab {
 
@@ -28,22 +29,7 @@ static void PrintTo(Isa isa, std::ostream* os) { *os << isa_name(isa); }
 
 namespace {
 
-// Uniform floats in [-1, 1) from a fixed seed (our own generator, so the inputs are the same
-// with every standard library).
-class Rng {
- public:
-  explicit Rng(uint64_t seed) : s_(seed * 0x9e3779b97f4a7c15ull + 1) {}
-  float uniform() {
-    s_ = s_ * 6364136223846793005ull + 1442695040888963407ull;
-    return float(int32_t(s_ >> 32)) * (1.0f / 2147483648.0f);
-  }
-  void fill(float* p, int64_t n) {
-    for (int64_t i = 0; i < n; ++i) p[i] = uniform();
-  }
-
- private:
-  uint64_t s_;
-};
+using kvlab::testing::Rng;
 
 // A float buffer whose data() is 64-byte aligned plus `offset` floats, so that tests choose the
 // alignment rather than inherit malloc's.

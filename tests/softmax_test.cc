@@ -15,6 +15,7 @@
 
 #include "base/half.h"
 #include "kernels/cpu/cpu_features.h"
+#include "testing/rng.h"
 
 namespace kvlab {
 
@@ -22,19 +23,9 @@ static void PrintTo(Isa isa, std::ostream* os) { *os << isa_name(isa); }
 
 namespace {
 
+using kvlab::testing::Rng;
+
 constexpr float kInf = std::numeric_limits<float>::infinity();
-
-class Rng {
- public:
-  explicit Rng(uint64_t seed) : s_(seed * 0x9e3779b97f4a7c15ull + 1) {}
-  float uniform() {  // [-1, 1)
-    s_ = s_ * 6364136223846793005ull + 1442695040888963407ull;
-    return float(int32_t(s_ >> 32)) * (1.0f / 2147483648.0f);
-  }
-
- private:
-  uint64_t s_;
-};
 
 // |got - exact| in units of the f32 ulp at exact (the spacing of f32 numbers around it; 2^-149
 // in the subnormal range).

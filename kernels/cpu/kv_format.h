@@ -35,6 +35,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "base/hd.h"
+
 namespace kvlab {
 
 enum class KvFormat : uint8_t { kF32, kF16, kBF16, kFp8, kIntToken, kIntChannel };
@@ -52,11 +54,11 @@ struct KvBlock {
 };
 
 // Bytes of one packed bit stream of `count` codes.
-constexpr int64_t packed_bytes(int64_t count, int bits) { return (count * bits + 7) / 8; }
+KVLAB_HD constexpr int64_t packed_bytes(int64_t count, int bits) { return (count * bits + 7) / 8; }
 
 // Code i of a bit stream of `bits`-bit codes; a 3-bit code may span two bytes (bit offset 6 or
 // 7), and the second byte is read only then.
-inline uint32_t code_at(const uint8_t* stream, int64_t i, int bits) {
+KVLAB_HD uint32_t code_at(const uint8_t* stream, int64_t i, int bits) {
   const int64_t bit = i * bits;
   const int64_t byte = bit >> 3;
   const int shift = int(bit & 7);
@@ -78,12 +80,12 @@ inline KvBlock f32_block(const float* x, int n, int d, int64_t row_floats) {
 
 // kIntChannel: tokens per group (group 0 or >= n: the whole block), groups in the block, and
 // group t as a block of its own (its codes, scales and zeros; the same stride).
-inline int channel_group_tokens(const KvBlock& b) { return b.group > 0 && b.group < b.n ? b.group : b.n; }
-inline int channel_groups(const KvBlock& b) {
+KVLAB_HD int channel_group_tokens(const KvBlock& b) { return b.group > 0 && b.group < b.n ? b.group : b.n; }
+KVLAB_HD int channel_groups(const KvBlock& b) {
   const int g = channel_group_tokens(b);
   return g > 0 ? (b.n + g - 1) / g : 0;
 }
-inline KvBlock channel_sub_block(const KvBlock& b, int t) {
+KVLAB_HD KvBlock channel_sub_block(const KvBlock& b, int t) {
   const int g = channel_group_tokens(b);
   KvBlock s = b;
   s.n = (t + 1) * g <= b.n ? g : b.n - t * g;
@@ -95,7 +97,7 @@ inline KvBlock channel_sub_block(const KvBlock& b, int t) {
 }
 
 // Bytes of one element of the token-major dense formats.
-constexpr int64_t element_bytes(KvFormat f) {
+KVLAB_HD constexpr int64_t element_bytes(KvFormat f) {
   return f == KvFormat::kF32 ? 4 : (f == KvFormat::kFp8 ? 1 : 2);
 }
 

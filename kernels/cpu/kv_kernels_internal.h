@@ -23,6 +23,7 @@
 #include <cstring>
 #include <limits>
 
+#include "kernels/cpu/kv_codec.h"
 #include "kernels/cpu/kv_format.h"
 
 namespace kvlab {
@@ -35,18 +36,7 @@ namespace kvlab {
 // channels on the stack).
 constexpr int kMaxSimdD = 1024;
 
-// e4m3 (kv_format.h) -> f32, exact: 1 sign, 4 exponent bits (bias 7), 3 mantissa bits, no
-// infinities, 0x7f / 0xff NaN.
-constexpr float e4m3_value(int b) {
-  const int e = (b >> 3) & 15, mant = b & 7;
-  if (e == 15 && mant == 7) return std::numeric_limits<float>::quiet_NaN();
-  float v = e == 0 ? float(mant) / 8.0f : 1.0f + float(mant) / 8.0f;
-  int p = e == 0 ? -6 : e - 7;
-  for (; p > 0; --p) v *= 2.0f;
-  for (; p < 0; ++p) v *= 0.5f;
-  return (b & 0x80) ? -v : v;
-}
-
+// e4m3 -> f32 of every byte (kv_codec.h), for the scalar reader.
 constexpr std::array<float, 256> make_e4m3_table() {
   std::array<float, 256> t{};
   for (int b = 0; b < 256; ++b) t[b] = e4m3_value(b);
