@@ -4,7 +4,7 @@
 #pragma once
 
 #if defined(__CUDACC__)
-#define KVLAB_HD __host__ __device__ inline
+#define KVLAB_HD __host__ __device__ __forceinline__
 #else
 #define KVLAB_HD inline
 #endif

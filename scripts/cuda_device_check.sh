@@ -7,9 +7,10 @@
 #                                        GPU test and benchmark into build-cuda/ (with the shared
 #                                        libraries they need that a bare machine lacks)
 #   scripts/cuda_device_check.sh run     there, build-cuda/ carried beside the tree: the GPU tests,
-#                                        compute-sanitizer memcheck on them, the benchmark at the
-#                                        issue's rows and torch SDPA on the same shapes; results
-#                                        and logs in $OUT (or ./cuda-check-out)
+#                                        compute-sanitizer memcheck on them, the attention benchmark
+#                                        at the issue's rows, torch SDPA on the same shapes, the
+#                                        factorization benchmark; results and logs in $OUT (or
+#                                        ./cuda-check-out)
 #
 # e.g. device run with carry ["build-cuda"] and command "scripts/cuda_device_check.sh run".
 set -euo pipefail
@@ -19,9 +20,9 @@ build="$root/build-cuda"
 case "${1:-}" in
   build)
     cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DKVLAB_CUDA=ON >/dev/null
-    cmake --build "$build" -j"$(nproc)" --target cuda_kernels_test decode_attention_cuda
+    cmake --build "$build" -j"$(nproc)" --target cuda_kernels_test decode_attention_cuda low_rank_cuda_bench
     mkdir -p "$build/lib"
-    for bin in "$build/bin/cuda_kernels_test" "$build/bin/decode_attention_cuda"; do
+    for bin in "$build/bin/cuda_kernels_test" "$build/bin/decode_attention_cuda" "$build/bin/low_rank_cuda_bench"; do
       ldd "$bin" | awk '/libbenchmark|libgtest/ { print $3 }' | xargs -r cp -L -t "$build/lib"
     done
     echo "[cuda_device_check] built: $(ls "$build/bin" | tr '\n' ' ')"
@@ -30,18 +31,29 @@ case "${1:-}" in
     out="${OUT:-$root/cuda-check-out}"
     mkdir -p "$out"
     export LD_LIBRARY_PATH="$build/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    # cuBLAS and cuSOLVER come from the machine's CUDA toolkit (too large to carry): where the
+    # build's run path does not find them, the first copies on the machine.
+    for lib in libcublas.so.13 libcusolver.so.12; do
+      if ldd "$build/bin/cuda_kernels_test" | grep -q "$lib => not found"; then
+        dir="$(dirname "$(find / -name "$lib" -not -path '/proc/*' 2>/dev/null | head -n 1)")"
+        export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$dir"
+      fi
+    done
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$out/gpu.txt"
     status=0
     echo "[cuda_device_check] GPU tests"
     "$build/bin/cuda_kernels_test" 2>&1 | tee "$out/tests.log" | tail -n 30 || status=1
     echo "[cuda_device_check] compute-sanitizer memcheck on the GPU tests"
     compute-sanitizer --tool memcheck --error-exitcode 3 "$build/bin/cuda_kernels_test" \
-      --gtest_filter='CudaDecodeAttention.*' >"$out/memcheck.log" 2>&1 || status=1
+      --gtest_filter='CudaDecodeAttention.*:CudaWrite.*:CudaLowRank.*' >"$out/memcheck.log" 2>&1 || status=1
     tail -n 5 "$out/memcheck.log"
     echo "[cuda_device_check] decode_attention_cuda (the issue's rows: ctx 32768, both layouts, b 1 and 8)"
     "$build/bin/decode_attention_cuda" --benchmark_filter='ctx:32768/' --benchmark_min_time=0.2 \
       --benchmark_format=json --benchmark_out="$out/decode_attention_cuda.json" --benchmark_out_format=json |
       tail -n 45 || status=1
+    echo "[cuda_device_check] xKV's group factorization, GPU against CPU"
+    "$build/bin/low_rank_cuda_bench" --benchmark_format=json --benchmark_out="$out/low_rank.json" \
+      --benchmark_out_format=json | tail -n 8 || status=1
     echo "[cuda_device_check] torch SDPA f16, the same shapes"
     python3 "$root/bench/torch_sdpa.py" | tee "$out/torch_sdpa.jsonl" || status=1
     exit $status

@@ -11,7 +11,8 @@
 // With a GPU (skipped otherwise, saying so): decode_attention over paged histories of every
 // format, sequences of unequal lengths and GQA groups 1 to 8, against attention in double over the
 // same packed bytes; a sequence alone and in a batch gives the same bits; the GPU writers give
-// the CPU writers' bytes (kernels/cuda/kv_write.h).
+// the CPU writers' bytes (kernels/cuda/kv_write.h); xKV's factorization by cuBLAS and cuSOLVER
+// gives the CPU's spectrum and product A B (kernels/cuda/low_rank.h against kvcache/xkv.h).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -28,6 +29,8 @@
 #include "kernels/cuda/kv_attention_cuda.h"
 #include "kernels/cuda/kv_element.h"
 #include "kernels/cuda/kv_write.h"
+#include "kernels/cuda/low_rank.h"
+#include "kvcache/xkv.h"
 #include "testing/packed_blocks.h"
 
 namespace kvlab {
@@ -60,8 +63,11 @@ void for_each_packed_block(uint64_t seed, Fn fn) {
         Format f = base;
         f.group = group;
         const std::vector<float> x = kv_like(rng, sh.n, sh.d);
-        const Packed p = pack(f, x.data(), sh.n, sh.d);
-        fn(rng, p.block, format_name(f) + " n=" + std::to_string(sh.n) + " d=" + std::to_string(sh.d));
+        for (int pad : {3, 0}) {  // odd strides (bytewise loads), then aligned rows (whole loads)
+          const Packed p = pack(f, x.data(), sh.n, sh.d, pad);
+          fn(rng, p.block, format_name(f) + " n=" + std::to_string(sh.n) + " d=" + std::to_string(sh.d) +
+                               " pad=" + std::to_string(pad));
+        }
       }
     }
   }
@@ -73,7 +79,7 @@ TEST(CudaElement, ElementsMatchDequantizeBlock) {
     dequantize_block(b, ref.data());
     for (int j = 0; j < b.n; ++j) {
       for (int c = 0; c < b.d; ++c) {
-        const float got = cuda::element(b, j, c) * cuda::token_scale(b, j);
+        const float got = cuda::element(b, j, c);
         ASSERT_TRUE(same_float(got, ref[size_t(j) * b.d + c]))
             << what << " (" << j << ", " << c << "): " << got << " vs " << ref[size_t(j) * b.d + c];
       }
@@ -86,7 +92,7 @@ void check_scores_and_sums(const KvBlock& b, const std::vector<float>& q, const 
                            const std::string& what) {
   for (int j = 0; j < b.n; ++j) {
     float s[R];
-    cuda::token_scores<R>(b, j, q.data(), s);
+    cuda::token_scores<R>(b, j, q.data(), s, 1);
     for (int r = 0; r < R; ++r) {
       double exact = 0, terms = 0;
       for (int c = 0; c < b.d; ++c) {
@@ -517,6 +523,64 @@ TEST(CudaWrite, TokensAndChannelsGetTheCpuWritersBytes) {
         EXPECT_EQ(download<uint16_t>(zd, zero.size()), zero) << format_name(f) << " d=" << d;
       }
     }
+  }
+}
+
+// ---- xKV's factorization on the GPU -------------------------------------------------------------
+
+TEST(CudaLowRank, RefusesBadShapesBeforeTouchingTheDevice) {
+  const float* x = reinterpret_cast<const float*>(16);  // never dereferenced
+  expect_refused(cuda::factorize_low_rank(x, 10, 8, 8, 0).status(), ErrorCode::kInvalidArgument, "rank 0");
+  expect_refused(cuda::factorize_low_rank(x, 10, 8, 4, 2).status(), ErrorCode::kInvalidArgument, "rows 4 apart");
+  expect_refused(cuda::factorize_low_rank(x, 0, 8, 8, 2).status(), ErrorCode::kInvalidArgument, "0 tokens");
+}
+
+TEST(CudaLowRank, MatchesTheCpuFactorization) {
+  KVLAB_REQUIRE_GPU();
+  Rng rng(28);
+  struct Case {
+    int tokens, width, ldx, rank;
+  };
+  // A group of 4 SmolLM2 layers (width 768) at a short prompt; fewer tokens than the rank; a rank
+  // above the width; padded rows.
+  for (const Case& cs : {Case{500, 768, 768, 96}, Case{20, 64, 70, 32}, Case{300, 48, 48, 100}}) {
+    // Keys-like data: a few strong directions plus noise, so that the top components are well
+    // separated (the factors of nearly equal eigenvalues are not unique).
+    std::vector<float> x(size_t(cs.tokens) * cs.ldx, 0.0f);
+    const std::vector<float> dirs = random_matrix(rng, 8, cs.width);
+    for (int t = 0; t < cs.tokens; ++t) {
+      for (int k = 0; k < 8; ++k) {
+        const float w = float(8 - k) * rng.uniform();
+        for (int c = 0; c < cs.width; ++c) x[size_t(t) * cs.ldx + c] += w * dirs[size_t(k) * cs.width + c];
+      }
+      for (int c = 0; c < cs.width; ++c) x[size_t(t) * cs.ldx + c] += 0.05f * rng.uniform();
+    }
+    const LowRankFactors cpu = factorize_low_rank(x.data(), cs.tokens, cs.width, cs.ldx, cs.rank);
+    cuda::DeviceBuffer xd = device_copy(x);
+    StatusOr<cuda::DeviceLowRank> gpu =
+        cuda::factorize_low_rank(static_cast<const float*>(xd.data()), cs.tokens, cs.width, cs.ldx, cs.rank);
+    ASSERT_TRUE(gpu.ok()) << gpu.status().to_string();
+    ASSERT_EQ(gpu->rank, cpu.rank);
+    ASSERT_EQ(gpu->sq_values.size(), cpu.sq_values.size());
+    for (size_t i = 0; i < cpu.sq_values.size(); ++i) {
+      EXPECT_NEAR(gpu->sq_values[i], cpu.sq_values[i], 1e-9 * cpu.sq_values[0]) << "eigenvalue " << i;
+    }
+    const std::vector<float> a = download<float>(gpu->a, size_t(cs.tokens) * gpu->rank);
+    const std::vector<float> b = download<float>(gpu->b, size_t(gpu->rank) * cs.width);
+    double worst = 0, scale = 0;
+    for (int t = 0; t < cs.tokens; ++t) {
+      for (int c = 0; c < cs.width; ++c) {
+        double g = 0, e = 0;
+        for (int k = 0; k < cpu.rank; ++k) {
+          g += double(a[size_t(t) * cpu.rank + k]) * b[size_t(k) * cs.width + c];
+          e += double(cpu.a[size_t(t) * cpu.rank + k]) * cpu.b[size_t(k) * cs.width + c];
+        }
+        worst = std::max(worst, std::fabs(g - e));
+        scale = std::max(scale, std::fabs(e));
+      }
+    }
+    // Both products are X's rank-r truncation rounded through f32 factors.
+    EXPECT_LE(worst, 1e-5 * scale) << cs.tokens << " x " << cs.width << ", rank " << cs.rank;
   }
 }
 

@@ -53,6 +53,7 @@ __global__ void __launch_bounds__(kThreads) decode_split_kernel(DecodeAttention 
   for (int i = tid; i < G * d; i += kThreads) q_s[i] = q[i] * a.scale;
   if (tid < G) m_s[tid] = -INFINITY, l_s[tid] = 0.0f;
   float acc[kChannelsPerThread][G];  // channel tid + i * kThreads of each row
+#pragma unroll
   for (int i = 0; i < kChannelsPerThread; ++i) {
     for (int r = 0; r < G; ++r) acc[i][r] = 0.0f;
   }
@@ -63,13 +64,11 @@ __global__ void __launch_bounds__(kThreads) decode_split_kernel(DecodeAttention 
     const KvBlock vb = a.v[lo + blk];
     for (int j0 = 0; j0 < kb.n; j0 += kThreads) {
       const int j1 = min(kb.n, j0 + kThreads);
-      float sc[G];
       if (j0 + tid < j1) {
-        token_scores<G>(kb, j0 + tid, q_s, sc);
+        token_scores<G>(kb, j0 + tid, q_s, p_s + tid, kThreads);
       } else {
-        for (int r = 0; r < G; ++r) sc[r] = -INFINITY;
+        for (int r = 0; r < G; ++r) p_s[r * kThreads + tid] = -INFINITY;
       }
-      for (int r = 0; r < G; ++r) p_s[r * kThreads + tid] = sc[r];
       __syncthreads();
 
       // The running softmax of the tile, a row per warp: m grows to the tile's max, the scores
@@ -101,11 +100,13 @@ __global__ void __launch_bounds__(kThreads) decode_split_kernel(DecodeAttention 
       }
       __syncthreads();
 
+#pragma unroll  // acc stays in registers only if every index is a constant
       for (int i = 0; i < kChannelsPerThread; ++i) {
         const int c = tid + i * kThreads;
-        if (c >= d) break;
-        for (int r = 0; r < G; ++r) acc[i][r] *= alpha_s[r];
-        channel_sums<G>(vb, c, j0, j1, p_s, kThreads, acc[i]);
+        if (c < d) {
+          for (int r = 0; r < G; ++r) acc[i][r] *= alpha_s[r];
+          channel_sums<G>(vb, c, j0, j1, p_s, kThreads, acc[i]);
+        }
       }
       __syncthreads();  // p_s is the next tile's
     }
@@ -114,6 +115,7 @@ __global__ void __launch_bounds__(kThreads) decode_split_kernel(DecodeAttention 
   for (int r = 0; r < G; ++r) {
     float* st = part + state_offset(b, h, r, s, a.n_kv_heads, G, splits, d);
     if (tid == 0) st[0] = m_s[r], st[1] = l_s[r];
+#pragma unroll
     for (int i = 0; i < kChannelsPerThread; ++i) {
       const int c = tid + i * kThreads;
       if (c < d) st[2 + c] = acc[i][r];

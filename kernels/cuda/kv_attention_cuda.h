@@ -30,7 +30,7 @@
 
 namespace kvlab::cuda {
 
-constexpr int kBlocksPerSplit = 8;
+constexpr int kBlocksPerSplit = 4;  // 512 tokens in pages of 128: 64 splits per kv head at 32K
 constexpr int kMaxHeadDim = 256;
 constexpr int kMaxGroup = 8;
 

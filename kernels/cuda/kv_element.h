@@ -8,16 +8,19 @@
 // channel, the softmax between the two passes, the merge of splits) lives in the .cu file.
 //
 // Arithmetic (f32, terms in index order, as the CPU reference kernels/cpu/kv_attention_scalar.cc):
-//   element(j, c)   f32 / f16 / bf16 exact; fp8 e4m3 exact, without the token scale;
+//   element(j, c)   f32 / f16 / bf16 exact; fp8 e4m3 exact (times the token scale: exact);
 //                   integers fmaf(code, scale, zero), the same bits as dequantize_block.
-//   token_scores    s[r] = sum_c q[r, c] * element(j, c), then (fp8) times the token's scale.
-//   channel_sums    acc[r] += sum_j (p[r, j] * token_scale(j)) * element(j, c).
+//   token_scores    s[r] = sum_c q[r, c] * K(j, c), fp8 elements without their token scale,
+//                   which then multiplies the sum.
+//   channel_sums    acc[r] += sum_j (p[r, j] * token scale of j) * V(j, c), likewise (scale 1
+//                   but for fp8).
 // The error against exact arithmetic is within the f32 budget of the CPU kernels' tests:
 // |error| <= (len + 4) u sum |terms|, u = 2^-24, len = d (scores) or n + 1 (values).
 #pragma once
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #include "base/half.h"
 #include "base/hd.h"
@@ -26,66 +29,136 @@
 
 namespace kvlab::cuda {
 
-// Element (j, c) of block b as f32; kFp8 without its token scale (token_scale).
-KVLAB_HD float element(const KvBlock& b, int j, int c) {
+// How the elements of a dense block are loaded: whole (data and stride are multiples of the
+// element size, so every element is aligned) or byte by byte (any layout; kv_format.h allows
+// odd strides).
+enum class Load { kBytes, kWhole };
+
+KVLAB_HD uint32_t load_bytes(const uint8_t* p, int n) {
+  uint32_t v = 0;
+  for (int i = 0; i < n; ++i) v |= uint32_t(p[i]) << (8 * i);
+  return v;
+}
+
+// An aligned 2- or 4-byte element (little-endian, as on both sides).
+template <typename T>
+KVLAB_HD T load_whole(const uint8_t* p) {
+#if defined(__CUDA_ARCH__)
+  return *reinterpret_cast<const T*>(p);
+#else
+  T v;
+  std::memcpy(&v, p, sizeof(T));
+  return v;
+#endif
+}
+
+// Element (j, c) of a block of format F as f32; kFp8 without its token scale (token_scale).
+template <KvFormat F, Load L>
+KVLAB_HD float element_of(const KvBlock& b, int j, int c) {
+  if constexpr (F == KvFormat::kF32) {
+    const uint8_t* p = b.data + j * b.stride + 4 * int64_t(c);
+    return f32_from_bits(L == Load::kWhole ? load_whole<uint32_t>(p) : load_bytes(p, 4));
+  } else if constexpr (F == KvFormat::kF16 || F == KvFormat::kBF16) {
+    const uint8_t* p = b.data + j * b.stride + 2 * int64_t(c);
+    const uint16_t h = L == Load::kWhole ? load_whole<uint16_t>(p) : uint16_t(load_bytes(p, 2));
+    return F == KvFormat::kF16 ? f16_to_f32(h) : bf16_to_f32(h);
+  } else if constexpr (F == KvFormat::kFp8) {
+    return e4m3_value(b.data[j * b.stride + c]);
+  } else if constexpr (F == KvFormat::kIntToken) {
+    const int64_t g = int64_t(j) * (b.d / b.group) + c / b.group;
+    const float code = float(code_at(b.data + j * b.stride, c, b.bits));
+    return fmaf(code, f16_to_f32(b.scale[g]), f16_to_f32(b.zero[g]));
+  } else {
+    // kIntChannel. Token group t's codes start on a byte (kv_format.h), so code j of the whole
+    // stream is code j - t * group of group t's stream.
+    const int64_t s = int64_t(j / channel_group_tokens(b)) * b.d + c;
+    const float code = float(code_at(b.data + c * b.stride, j, b.bits));
+    return fmaf(code, f16_to_f32(b.scale[s]), f16_to_f32(b.zero[s]));
+  }
+}
+
+// The factor of token j that element_of leaves out: fp8's f16 token scale, else 1.
+template <KvFormat F>
+KVLAB_HD float token_scale_of(const KvBlock& b, int j) {
+  if constexpr (F == KvFormat::kFp8) return f16_to_f32(b.scale[j]);
+  return 1.0f;
+}
+
+// Calls Op::template run<F, L>(args...) for the block's format and load: the format is
+// dispatched once per block, not per element.
+template <class Op, class... Args>
+KVLAB_HD auto with_layout(const KvBlock& b, Args&&... args) {
+  const int64_t e = element_bytes(b.format);
+  const bool whole = reinterpret_cast<uintptr_t>(b.data) % e == 0 && b.stride % e == 0;
   switch (b.format) {
-    case KvFormat::kF32: {
-      const uint8_t* p = b.data + j * b.stride + 4 * int64_t(c);
-      return f32_from_bits(uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24);
-    }
+    case KvFormat::kF32:
+      return whole ? Op::template run<KvFormat::kF32, Load::kWhole>(b, args...)
+                   : Op::template run<KvFormat::kF32, Load::kBytes>(b, args...);
     case KvFormat::kF16:
-    case KvFormat::kBF16: {
-      const uint8_t* p = b.data + j * b.stride + 2 * int64_t(c);
-      const uint16_t h = uint16_t(p[0] | p[1] << 8);
-      return b.format == KvFormat::kF16 ? f16_to_f32(h) : bf16_to_f32(h);
-    }
+      return whole ? Op::template run<KvFormat::kF16, Load::kWhole>(b, args...)
+                   : Op::template run<KvFormat::kF16, Load::kBytes>(b, args...);
+    case KvFormat::kBF16:
+      return whole ? Op::template run<KvFormat::kBF16, Load::kWhole>(b, args...)
+                   : Op::template run<KvFormat::kBF16, Load::kBytes>(b, args...);
     case KvFormat::kFp8:
-      return e4m3_value(b.data[j * b.stride + c]);
-    case KvFormat::kIntToken: {
-      const int64_t g = int64_t(j) * (b.d / b.group) + c / b.group;
-      const float code = float(code_at(b.data + j * b.stride, c, b.bits));
-      return fmaf(code, f16_to_f32(b.scale[g]), f16_to_f32(b.zero[g]));
-    }
-    case KvFormat::kIntChannel: {
-      // Token group t's codes start on a byte (kv_format.h), so code j of the whole stream is
-      // code j - t * group of group t's stream.
-      const int64_t s = int64_t(j / channel_group_tokens(b)) * b.d + c;
-      const float code = float(code_at(b.data + c * b.stride, j, b.bits));
-      return fmaf(code, f16_to_f32(b.scale[s]), f16_to_f32(b.zero[s]));
-    }
+      return Op::template run<KvFormat::kFp8, Load::kBytes>(b, args...);
+    case KvFormat::kIntToken:
+      return Op::template run<KvFormat::kIntToken, Load::kBytes>(b, args...);
+    case KvFormat::kIntChannel:
+      break;
   }
-  return 0.0f;
+  return Op::template run<KvFormat::kIntChannel, Load::kBytes>(b, args...);
 }
 
-// The factor of token j that element() leaves out: fp8's f16 token scale, else 1.
-KVLAB_HD float token_scale(const KvBlock& b, int j) {
-  return b.format == KvFormat::kFp8 ? f16_to_f32(b.scale[j]) : 1.0f;
-}
+struct ElementOp {
+  template <KvFormat F, Load L>
+  KVLAB_HD static float run(const KvBlock& b, int j, int c) {
+    return element_of<F, L>(b, j, c) * token_scale_of<F>(b, j);
+  }
+};
 
-// Scores of token j for R query rows: s[r] = sum_c q[r * d + c] * K(j, c). q: [R, d] f32,
-// already times the softmax scale.
+// Element (j, c) of block b as f32, fp8's token scale included (what dequantize_block gives).
+KVLAB_HD float element(const KvBlock& b, int j, int c) { return with_layout<ElementOp>(b, j, c); }
+
+// Scores of token j for R query rows: s[r * lds] = sum_c q[r * d + c] * K(j, c), fp8's token
+// scale applied to the sum. q: [R, d] f32, already times the softmax scale.
 template <int R>
-KVLAB_HD void token_scores(const KvBlock& k, int j, const float* q, float (&s)[R]) {
-  for (int r = 0; r < R; ++r) s[r] = 0.0f;
-  for (int c = 0; c < k.d; ++c) {
-    const float x = element(k, j, c);
-    for (int r = 0; r < R; ++r) s[r] = fmaf(q[r * k.d + c], x, s[r]);
+struct ScoresOp {
+  template <KvFormat F, Load L>
+  KVLAB_HD static void run(const KvBlock& k, int j, const float* q, float* s, int64_t lds) {
+    float acc[R];  // registers: the array never leaves this function
+    for (int r = 0; r < R; ++r) acc[r] = 0.0f;
+    for (int c = 0; c < k.d; ++c) {
+      const float x = element_of<F, L>(k, j, c);
+      for (int r = 0; r < R; ++r) acc[r] = fmaf(q[r * k.d + c], x, acc[r]);
+    }
+    const float ts = token_scale_of<F>(k, j);
+    for (int r = 0; r < R; ++r) s[r * lds] = F == KvFormat::kFp8 ? acc[r] * ts : acc[r];
   }
-  const float ts = token_scale(k, j);
-  if (ts != 1.0f) {
-    for (int r = 0; r < R; ++r) s[r] *= ts;
-  }
+};
+
+template <int R>
+KVLAB_HD void token_scores(const KvBlock& k, int j, const float* q, float* s, int64_t lds) {
+  with_layout<ScoresOp<R>>(k, j, q, s, lds);
 }
 
-// Channel c of R rows over tokens [j0, j1): acc[r] += sum_j (p[r * ldp + j - j0] * token_scale(j))
-// * V(j, c). p: [R, ldp] f32 weights of the online softmax (unnormalized).
+// Channel c of R rows over tokens [j0, j1): acc[r] += sum_j (p[r * ldp + j - j0] * token scale of
+// j) * V(j, c). p: [R, ldp] f32 weights of the online softmax (unnormalized).
+template <int R>
+struct ChannelSumsOp {
+  template <KvFormat F, Load L>
+  KVLAB_HD static void run(const KvBlock& v, int c, int j0, int j1, const float* p, int ldp, float (&acc)[R]) {
+    for (int j = j0; j < j1; ++j) {
+      const float x = element_of<F, L>(v, j, c);
+      const float ts = token_scale_of<F>(v, j);
+      for (int r = 0; r < R; ++r) acc[r] = fmaf(p[r * ldp + j - j0] * ts, x, acc[r]);
+    }
+  }
+};
+
 template <int R>
 KVLAB_HD void channel_sums(const KvBlock& v, int c, int j0, int j1, const float* p, int ldp, float (&acc)[R]) {
-  for (int j = j0; j < j1; ++j) {
-    const float x = element(v, j, c);
-    const float ts = token_scale(v, j);
-    for (int r = 0; r < R; ++r) acc[r] = fmaf(p[r * ldp + j - j0] * ts, x, acc[r]);
-  }
+  with_layout<ChannelSumsOp<R>>(v, c, j0, j1, p, ldp, acc);
 }
 
 // Channel c of one query row, merged over `splits` partial softmax states (flash-decoding): part
