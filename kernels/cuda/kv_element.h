@@ -85,7 +85,7 @@ KVLAB_HD float token_scale_of(const KvBlock& b, int j) {
 }
 
 // Calls Op::template run<F, L>(args...) for the block's format and load: the format is
-// dispatched once per block, not per element.
+// dispatched once per call (a token's scores, a channel's sums over a tile), not per element.
 template <class Op, class... Args>
 KVLAB_HD auto with_layout(const KvBlock& b, Args&&... args) {
   const int64_t e = element_bytes(b.format);

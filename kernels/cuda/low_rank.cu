@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <string>
 #include <utility>
 #include <vector>
@@ -65,7 +66,7 @@ __global__ void scale_kernel(const double* vecs, const double* values, const dou
 }  // namespace
 
 StatusOr<DeviceLowRank> factorize_low_rank(const float* x, int64_t tokens, int width, int64_t ldx, int rank) {
-  if (tokens < 1 || width < 1 || rank < 1 || ldx < width || !x) {
+  if (tokens < 1 || tokens > INT32_MAX || width < 1 || rank < 1 || ldx < width || !x) {  // cuBLAS takes int sizes
     return invalid_argument("GPU low-rank factorization: " + std::to_string(tokens) + " tokens of width " +
                             std::to_string(width) + " (rows " + std::to_string(ldx) + " apart), rank " + std::to_string(rank));
   }
