@@ -29,10 +29,12 @@
 
 namespace kvlab::cuda {
 
-// How the elements of a dense block are loaded: whole (data and stride are multiples of the
-// element size, so every element is aligned) or byte by byte (any layout; kv_format.h allows
-// odd strides).
-enum class Load { kBytes, kWhole };
+// How the elements of a dense block are loaded: 16 bytes at a time (data and stride multiples of
+// 16, d of the elements 16 bytes hold: every row is whole 16-byte vectors), whole (data and stride
+// multiples of the element size) or byte by byte (any layout; kv_format.h allows odd strides).
+// Only the scores read vectors (a thread walks its token's row); single elements are read whole
+// for kVec16 too.
+enum class Load { kBytes, kWhole, kVec16 };
 
 KVLAB_HD uint32_t load_bytes(const uint8_t* p, int n) {
   uint32_t v = 0;
@@ -57,10 +59,10 @@ template <KvFormat F, Load L>
 KVLAB_HD float element_of(const KvBlock& b, int j, int c) {
   if constexpr (F == KvFormat::kF32) {
     const uint8_t* p = b.data + j * b.stride + 4 * int64_t(c);
-    return f32_from_bits(L == Load::kWhole ? load_whole<uint32_t>(p) : load_bytes(p, 4));
+    return f32_from_bits(L != Load::kBytes ? load_whole<uint32_t>(p) : load_bytes(p, 4));
   } else if constexpr (F == KvFormat::kF16 || F == KvFormat::kBF16) {
     const uint8_t* p = b.data + j * b.stride + 2 * int64_t(c);
-    const uint16_t h = L == Load::kWhole ? load_whole<uint16_t>(p) : uint16_t(load_bytes(p, 2));
+    const uint16_t h = L != Load::kBytes ? load_whole<uint16_t>(p) : uint16_t(load_bytes(p, 2));
     return F == KvFormat::kF16 ? f16_to_f32(h) : bf16_to_f32(h);
   } else if constexpr (F == KvFormat::kFp8) {
     return e4m3_value(b.data[j * b.stride + c]);
@@ -89,17 +91,22 @@ KVLAB_HD float token_scale_of(const KvBlock& b, int j) {
 template <class Op, class... Args>
 KVLAB_HD auto with_layout(const KvBlock& b, Args&&... args) {
   const int64_t e = element_bytes(b.format);
-  const bool whole = reinterpret_cast<uintptr_t>(b.data) % e == 0 && b.stride % e == 0;
+  const uintptr_t at = reinterpret_cast<uintptr_t>(b.data);
+  const bool vec = at % 16 == 0 && b.stride % 16 == 0 && b.d % (16 / e) == 0;
+  const bool whole = at % e == 0 && b.stride % e == 0;
   switch (b.format) {
     case KvFormat::kF32:
-      return whole ? Op::template run<KvFormat::kF32, Load::kWhole>(b, args...)
-                   : Op::template run<KvFormat::kF32, Load::kBytes>(b, args...);
+      return vec     ? Op::template run<KvFormat::kF32, Load::kVec16>(b, args...)
+             : whole ? Op::template run<KvFormat::kF32, Load::kWhole>(b, args...)
+                     : Op::template run<KvFormat::kF32, Load::kBytes>(b, args...);
     case KvFormat::kF16:
-      return whole ? Op::template run<KvFormat::kF16, Load::kWhole>(b, args...)
-                   : Op::template run<KvFormat::kF16, Load::kBytes>(b, args...);
+      return vec     ? Op::template run<KvFormat::kF16, Load::kVec16>(b, args...)
+             : whole ? Op::template run<KvFormat::kF16, Load::kWhole>(b, args...)
+                     : Op::template run<KvFormat::kF16, Load::kBytes>(b, args...);
     case KvFormat::kBF16:
-      return whole ? Op::template run<KvFormat::kBF16, Load::kWhole>(b, args...)
-                   : Op::template run<KvFormat::kBF16, Load::kBytes>(b, args...);
+      return vec     ? Op::template run<KvFormat::kBF16, Load::kVec16>(b, args...)
+             : whole ? Op::template run<KvFormat::kBF16, Load::kWhole>(b, args...)
+                     : Op::template run<KvFormat::kBF16, Load::kBytes>(b, args...);
     case KvFormat::kFp8:
       return Op::template run<KvFormat::kFp8, Load::kBytes>(b, args...);
     case KvFormat::kIntToken:
@@ -108,6 +115,32 @@ KVLAB_HD auto with_layout(const KvBlock& b, Args&&... args) {
       break;
   }
   return Op::template run<KvFormat::kIntChannel, Load::kBytes>(b, args...);
+}
+
+// 16 aligned bytes as four little-endian 32-bit words (one vector load on the device).
+struct Words4 {
+  uint32_t w[4];
+};
+KVLAB_HD Words4 load16(const uint8_t* p) {
+#if defined(__CUDA_ARCH__)
+  const uint4 v = *reinterpret_cast<const uint4*>(p);
+  return {{v.x, v.y, v.z, v.w}};
+#else
+  Words4 v;
+  std::memcpy(v.w, p, 16);
+  return v;
+#endif
+}
+
+// Element i (< 16 / element size) of a 16-byte vector of a dense format.
+template <KvFormat F>
+KVLAB_HD float vec_element(const Words4& v, int i) {
+  if constexpr (F == KvFormat::kF32) {
+    return f32_from_bits(v.w[i]);
+  } else {
+    const uint16_t h = uint16_t(v.w[i / 2] >> (16 * (i % 2)));
+    return F == KvFormat::kF16 ? f16_to_f32(h) : bf16_to_f32(h);
+  }
 }
 
 struct ElementOp {
@@ -128,9 +161,21 @@ struct ScoresOp {
   KVLAB_HD static void run(const KvBlock& k, int j, const float* q, float* s, int64_t lds) {
     float acc[R];  // registers: the array never leaves this function
     for (int r = 0; r < R; ++r) acc[r] = 0.0f;
-    for (int c = 0; c < k.d; ++c) {
-      const float x = element_of<F, L>(k, j, c);
-      for (int r = 0; r < R; ++r) acc[r] = fmaf(q[r * k.d + c], x, acc[r]);
+    if constexpr (L == Load::kVec16) {
+      constexpr int kPer = 16 / int(element_bytes(F));  // elements per vector
+      const uint8_t* row = k.data + j * k.stride;
+      for (int c0 = 0; c0 < k.d; c0 += kPer) {
+        const Words4 v = load16(row + c0 * element_bytes(F));
+        for (int i = 0; i < kPer; ++i) {
+          const float x = vec_element<F>(v, i);
+          for (int r = 0; r < R; ++r) acc[r] = fmaf(q[r * k.d + c0 + i], x, acc[r]);
+        }
+      }
+    } else {
+      for (int c = 0; c < k.d; ++c) {
+        const float x = element_of<F, L>(k, j, c);
+        for (int r = 0; r < R; ++r) acc[r] = fmaf(q[r * k.d + c], x, acc[r]);
+      }
     }
     const float ts = token_scale_of<F>(k, j);
     for (int r = 0; r < R; ++r) s[r * lds] = F == KvFormat::kFp8 ? acc[r] * ts : acc[r];
