@@ -102,6 +102,19 @@ void check_scores_and_sums(const KvBlock& b, const std::vector<float>& q, const 
         terms += std::fabs(q[r * b.d + c]) * (std::fabs(t.main) + std::fabs(t.zero));
       }
       ASSERT_LE(std::fabs(s[r] - exact), f32_budget(b.d, terms)) << what << " score row " << r << " token " << j;
+      if (b.format == KvFormat::kIntChannel) {
+        // The folded path the kernel takes for these keys: q times the group's scales, plus the
+        // zero term, as the split kernel stages them.
+        const int t = j / channel_group_tokens(b);
+        std::vector<float> qs(static_cast<size_t>(R * b.d)), z(static_cast<size_t>(R));
+        for (int rr = 0; rr < R; ++rr) {
+          for (int c = 0; c < b.d; ++c) qs[size_t(rr) * b.d + c] = q[rr * b.d + c] * cuda::folded_scale(b, t, c);
+          z[rr] = cuda::folded_zero_term(b, t, q.data() + rr * b.d);
+        }
+        float fs[R];
+        cuda::folded_token_scores<R>(b, j, qs.data(), z.data(), fs, 1);
+        ASSERT_LE(std::fabs(fs[r] - exact), f32_budget(b.d, terms)) << what << " folded score row " << r << " token " << j;
+      }
     }
   }
   // Value sums over the whole block and over a middle range, onto a nonzero start.

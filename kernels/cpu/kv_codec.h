@@ -13,6 +13,10 @@
 #include "base/hd.h"
 #include "kernels/cpu/kv_format.h"
 
+#if defined(__CUDACC__)
+#include <cuda_fp8.h>
+#endif
+
 namespace kvlab {
 
 constexpr float kE4m3Max = 448.0f;                    // S.1111.110 = 1.75 * 2^8
@@ -33,6 +37,16 @@ KVLAB_HD constexpr float e4m3_value(int b) {
   for (; p > 0; --p) v *= 2.0f;
   for (; p < 0; ++p) v *= 0.5f;
   return (b & 0x80) ? -v : v;
+}
+
+// e4m3_value at run time: the GPU's conversion instruction on the device (the same exact values,
+// NaN for 0x7f / 0xff), e4m3_value on the host.
+KVLAB_HD float e4m3_to_float(uint8_t b) {
+#if defined(__CUDA_ARCH__)
+  return __half2float(__half(__nv_cvt_fp8_to_halfraw(__nv_fp8_storage_t(b), __NV_E4M3)));
+#else
+  return e4m3_value(b);
+#endif
 }
 
 // f32 -> e4m3, round to nearest even; beyond +-448 (infinity included) saturates to +-448, NaN

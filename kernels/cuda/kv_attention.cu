@@ -14,6 +14,10 @@ namespace {
 constexpr int kThreads = 128;  // a token each when scoring a tile, a channel each when accumulating
 constexpr int kWarps = kThreads / 32;
 constexpr int kChannelsPerThread = kMaxHeadDim / kThreads;
+// kIntChannel keys fold the query into each token group's scales in shared memory: up to 4
+// groups per tile (KIVI's 32-token groups in 128-token pages), 32 KB.
+constexpr int kFoldGroups = 4;
+constexpr int kFoldFloats = 8192;
 
 __device__ float warp_max(float x) {
   for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
@@ -48,6 +52,8 @@ __global__ void __launch_bounds__(kThreads) decode_split_kernel(DecodeAttention 
   __shared__ float q_s[G * kMaxHeadDim];  // [G, d] the rows of this kv head, times the scale
   __shared__ float p_s[G * kThreads];     // [G, kThreads] a tile's scores, then its weights
   __shared__ float m_s[G], l_s[G], alpha_s[G];
+  __shared__ float qs_s[kFoldFloats];     // kIntChannel keys: [groups of the tile, G, d] q * scale
+  __shared__ float z_s[kFoldGroups * G];  // [groups of the tile, G] sum_c q * zero
 
   const float* q = a.q + (int64_t(b) * a.n_heads + int64_t(h) * G) * d;
   for (int i = tid; i < G * d; i += kThreads) q_s[i] = q[i] * a.scale;
@@ -64,8 +70,26 @@ __global__ void __launch_bounds__(kThreads) decode_split_kernel(DecodeAttention 
     const KvBlock vb = a.v[lo + blk];
     for (int j0 = 0; j0 < kb.n; j0 += kThreads) {
       const int j1 = min(kb.n, j0 + kThreads);
+      // kIntChannel keys: the query folded with the scales of the tile's token groups t0 .. t1-1
+      // (when they fit in qs_s; otherwise every element is dequantized).
+      const int g = channel_group_tokens(kb), t0 = j0 / g, groups = (j1 - 1) / g + 1 - t0;
+      const bool fold = kb.format == KvFormat::kIntChannel && groups <= kFoldGroups && groups * G * d <= kFoldFloats;
+      if (fold) {
+        for (int i = tid; i < groups * G * d; i += kThreads) {
+          const int c = i % d, r = i / d % G, t = t0 + i / (G * d);
+          qs_s[i] = q_s[r * d + c] * folded_scale(kb, t, c);
+        }
+        for (int i = tid; i < groups * G; i += kThreads) z_s[i] = folded_zero_term(kb, t0 + i / G, q_s + (i % G) * d);
+        __syncthreads();
+      }
       if (j0 + tid < j1) {
-        token_scores<G>(kb, j0 + tid, q_s, p_s + tid, kThreads);
+        const int j = j0 + tid;
+        if (fold) {
+          const int t = j / g - t0;
+          folded_token_scores<G>(kb, j, qs_s + t * G * d, z_s + t * G, p_s + tid, kThreads);
+        } else {
+          token_scores<G>(kb, j, q_s, p_s + tid, kThreads);
+        }
       } else {
         for (int r = 0; r < G; ++r) p_s[r * kThreads + tid] = -INFINITY;
       }

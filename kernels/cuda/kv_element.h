@@ -65,7 +65,7 @@ KVLAB_HD float element_of(const KvBlock& b, int j, int c) {
     const uint16_t h = L != Load::kBytes ? load_whole<uint16_t>(p) : uint16_t(load_bytes(p, 2));
     return F == KvFormat::kF16 ? f16_to_f32(h) : bf16_to_f32(h);
   } else if constexpr (F == KvFormat::kFp8) {
-    return e4m3_value(b.data[j * b.stride + c]);
+    return e4m3_to_float(b.data[j * b.stride + c]);
   } else if constexpr (F == KvFormat::kIntToken) {
     const int64_t g = int64_t(j) * (b.d / b.group) + c / b.group;
     const float code = float(code_at(b.data + j * b.stride, c, b.bits));
@@ -185,6 +185,31 @@ struct ScoresOp {
 template <int R>
 KVLAB_HD void token_scores(const KvBlock& k, int j, const float* q, float* s, int64_t lds) {
   with_layout<ScoresOp<R>>(k, j, q, s, lds);
+}
+
+// kIntChannel keys with the query folded in, the CPU reference's algebra
+// (kv_attention_scalar.cc): per token group t, qs[r, c] = q[r, c] * scale(t, c) and
+// z[r] = sum_c q[r, c] * zero(t, c), then s[r] = sum_c qs[r, c] * code(j, c) + z[r]: one product
+// per element instead of a dequantization.
+KVLAB_HD float folded_scale(const KvBlock& k, int t, int c) { return f16_to_f32(k.scale[int64_t(t) * k.d + c]); }
+
+// z of one row q ([d]) for token group t.
+KVLAB_HD float folded_zero_term(const KvBlock& k, int t, const float* q) {
+  float z = 0.0f;
+  for (int c = 0; c < k.d; ++c) z = fmaf(q[c], f16_to_f32(k.zero[int64_t(t) * k.d + c]), z);
+  return z;
+}
+
+// Scores of token j for R rows from its group's qs ([R, d]) and z ([R]): s[r * lds].
+template <int R>
+KVLAB_HD void folded_token_scores(const KvBlock& k, int j, const float* qs, const float* z, float* s, int64_t lds) {
+  float acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = 0.0f;
+  for (int c = 0; c < k.d; ++c) {
+    const float code = float(code_at(k.data + c * k.stride, j, k.bits));
+    for (int r = 0; r < R; ++r) acc[r] = fmaf(qs[r * k.d + c], code, acc[r]);
+  }
+  for (int r = 0; r < R; ++r) s[r * lds] = acc[r] + z[r];
 }
 
 // Channel c of R rows over tokens [j0, j1): acc[r] += sum_j (p[r * ldp + j - j0] * token scale of
