@@ -283,7 +283,7 @@ struct Batch {
 };
 
 Batch make_batch(Rng& rng, const Format& kf, const Format& vf, std::vector<int> lengths, int n_kv_heads, int group,
-                 int d, int page) {
+                 int d, int page, int pad = 3) {
   Batch bt{n_kv_heads, group, d, lengths, {}, {}, {0}, {}, 0};
   for (int len : lengths) {
     for (int h = 0; h < n_kv_heads; ++h) {
@@ -291,8 +291,8 @@ Batch make_batch(Rng& rng, const Format& kf, const Format& vf, std::vector<int> 
       int blocks = 0;
       for (int j0 = 0; j0 < len; j0 += page, ++blocks) {
         const int n = std::min(page, len - j0);
-        bt.k_pages.push_back(pack(kf, k.data() + size_t(j0) * d, n, d));
-        bt.v_pages.push_back(pack(vf, v.data() + size_t(j0) * d, n, d));
+        bt.k_pages.push_back(pack(kf, k.data() + size_t(j0) * d, n, d, pad));
+        bt.v_pages.push_back(pack(vf, v.data() + size_t(j0) * d, n, d, pad));
       }
       bt.first.push_back(bt.first.back() + blocks);
       bt.max_blocks = std::max(bt.max_blocks, blocks);
@@ -376,6 +376,10 @@ TEST(CudaDecodeAttention, MatchesAttentionInDoubleForEveryFormat) {
   for (const Format& f : all_formats()) pairs.push_back({f, f});
   pairs.push_back({{KvFormat::kIntChannel, 4, 32}, {KvFormat::kIntToken, 4, 32}});  // KIVI, pages of 4 groups
   pairs.push_back({{KvFormat::kIntChannel, 2, 32}, {KvFormat::kIntToken, 2, 32}});
+  // Key groups of 8 tokens (16 per tile: every element dequantized) and of 40 (tiles that start
+  // in the middle of a group with pages of 300).
+  pairs.push_back({{KvFormat::kIntChannel, 4, 8}, {KvFormat::kIntToken, 4, 32}});
+  pairs.push_back({{KvFormat::kIntChannel, 4, 40}, {KvFormat::kIntToken, 4, 32}});
   struct Layout {
     int kv_heads, group, d, page;
   };
@@ -389,21 +393,29 @@ TEST(CudaDecodeAttention, MatchesAttentionInDoubleForEveryFormat) {
       Format k = kf, v = vf;
       if (v.format == KvFormat::kIntToken && v.group && ly.d % v.group != 0) v.group = 0;
       if (v.format == KvFormat::kIntToken && !v.group) v.group = ly.d;
-      // Lengths: none (its output is 0), one token, a partial page, pages for three splits.
-      const Batch bt = make_batch(rng, k, v, {0, 1, 77, 2 * cuda::kBlocksPerSplit * ly.page + 5}, ly.kv_heads,
-                                  ly.group, ly.d, ly.page);
-      const std::vector<double> ref = reference(bt, scale);
-      const std::vector<float> got = run_gpu(bt, scale);
-      ASSERT_EQ(got.size(), ref.size());
-      // The output is a convex combination of values up to ~5 in size; f32 sums over up to 4,000
-      // tokens stay within 1e-5 of it (an indexing error is off by O(1)).
-      double worst = 0;
-      for (size_t i = 0; i < ref.size(); ++i) {
-        const double err = std::fabs(got[i] - ref[i]);
-        worst = err <= worst ? worst : err;  // a NaN output makes worst NaN, which fails below
+      // Lengths: none (its output is 0), one token, a partial page, pages for three splits. Rows
+      // padded by 3 bytes (bytewise loads) and not at all (whole and 16-byte loads); with the
+      // true max_blocks and with 1 (one split per sequence, which then takes every block).
+      for (int pad : {3, 0}) {
+        Batch bt = make_batch(rng, k, v, {0, 1, 77, 2 * cuda::kBlocksPerSplit * ly.page + 5}, ly.kv_heads, ly.group,
+                              ly.d, ly.page, pad);
+        const std::vector<double> ref = reference(bt, scale);
+        for (int max_blocks : {bt.max_blocks, 1}) {
+          bt.max_blocks = max_blocks;
+          const std::vector<float> got = run_gpu(bt, scale);
+          ASSERT_EQ(got.size(), ref.size());
+          // The output is a convex combination of values up to ~5 in size; f32 sums over up to
+          // 4,000 tokens stay within 1e-5 of it (an indexing error is off by O(1)).
+          double worst = 0;
+          for (size_t i = 0; i < ref.size(); ++i) {
+            const double err = std::fabs(got[i] - ref[i]);
+            worst = err <= worst ? worst : err;  // a NaN output makes worst NaN, which fails below
+          }
+          EXPECT_LE(worst, 1e-4) << "keys " << format_name(k) << ", values " << format_name(v) << ", "
+                                 << ly.kv_heads << " kv heads x " << ly.group << ", d=" << ly.d << ", pages of "
+                                 << ly.page << ", pad " << pad << ", max_blocks " << max_blocks;
+        }
       }
-      EXPECT_LE(worst, 1e-4) << "keys " << format_name(k) << ", values " << format_name(v) << ", " << ly.kv_heads
-                             << " kv heads x " << ly.group << ", d=" << ly.d << ", pages of " << ly.page;
     }
   }
 }

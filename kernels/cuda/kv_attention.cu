@@ -18,6 +18,7 @@ constexpr int kChannelsPerThread = kMaxHeadDim / kThreads;
 // groups per tile (KIVI's 32-token groups in 128-token pages), 32 KB.
 constexpr int kFoldGroups = 4;
 constexpr int kFoldFloats = 8192;
+static_assert(kFoldGroups * kMaxGroup * kMaxHeadDim <= kFoldFloats, "the folded query of any tile fits");
 
 __device__ float warp_max(float x) {
   for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
@@ -70,10 +71,10 @@ __global__ void __launch_bounds__(kThreads) decode_split_kernel(DecodeAttention 
     const KvBlock vb = a.v[lo + blk];
     for (int j0 = 0; j0 < kb.n; j0 += kThreads) {
       const int j1 = min(kb.n, j0 + kThreads);
-      // kIntChannel keys: the query folded with the scales of the tile's token groups t0 .. t1-1
-      // (when they fit in qs_s; otherwise every element is dequantized).
+      // kIntChannel keys: the query folded with the scales of the tile's token groups t0 ..
+      // (at most kFoldGroups of them; groups of fewer than 32 tokens: every element dequantized).
       const int g = channel_group_tokens(kb), t0 = j0 / g, groups = (j1 - 1) / g + 1 - t0;
-      const bool fold = kb.format == KvFormat::kIntChannel && groups <= kFoldGroups && groups * G * d <= kFoldFloats;
+      const bool fold = kb.format == KvFormat::kIntChannel && groups <= kFoldGroups;
       if (fold) {
         for (int i = tid; i < groups * G * d; i += kThreads) {
           const int c = i % d, r = i / d % G, t = t0 + i / (G * d);
