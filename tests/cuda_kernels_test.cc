@@ -117,13 +117,25 @@ void check_scores_and_sums(const KvBlock& b, const std::vector<float>& q, const 
       }
     }
   }
-  // Value sums over the whole block and over a middle range, onto a nonzero start.
+  // Value sums over the whole block and over a middle range, onto a nonzero start; for kIntToken
+  // values also the folded path the kernel takes (weights times the tokens' group scales
+  // [R, j1 - j0, groups], plus the groups' zero sums [R, groups]: one more addition).
   for (auto [j0, j1] : {std::pair{0, b.n}, std::pair{b.n / 3, b.n - b.n / 4}}) {
     if (j1 <= j0) continue;
+    const bool folded = b.format == KvFormat::kIntToken;
+    const int groups = folded ? b.d / b.group : 0, len = j1 - j0;
+    std::vector<float> pw(static_cast<size_t>(R * len * groups)), zs(static_cast<size_t>(R * groups));
+    for (int r = 0; r < R; ++r) {
+      for (int g = 0; g < groups; ++g) {
+        for (int j = j0; j < j1; ++j) pw[(size_t(r) * len + j - j0) * groups + g] = cuda::folded_weight(b, j, g, w[r * b.n + j]);
+        zs[size_t(r) * groups + g] = cuda::folded_zero_sum(b, g, j0, j1, w.data() + r * b.n + j0);
+      }
+    }
     for (int c = 0; c < b.d; ++c) {
-      float acc[R];
-      for (int r = 0; r < R; ++r) acc[r] = 0.25f * float(r + 1);
+      float acc[R], facc[R];
+      for (int r = 0; r < R; ++r) acc[r] = facc[r] = 0.25f * float(r + 1);
       cuda::channel_sums<R>(b, c, j0, j1, w.data() + j0, b.n, acc);
+      if (folded) cuda::folded_channel_sums<R>(b, c, j0, j1, pw.data(), len, zs.data(), facc);
       for (int r = 0; r < R; ++r) {
         double exact = 0.25 * (r + 1), terms = std::fabs(exact);
         for (int j = j0; j < j1; ++j) {
@@ -131,8 +143,12 @@ void check_scores_and_sums(const KvBlock& b, const std::vector<float>& q, const 
           exact += double(w[r * b.n + j]) * (t.main + t.zero);
           terms += std::fabs(w[r * b.n + j]) * (std::fabs(t.main) + std::fabs(t.zero));
         }
-        ASSERT_LE(std::fabs(acc[r] - exact), f32_budget(j1 - j0 + 1, terms))
+        ASSERT_LE(std::fabs(acc[r] - exact), f32_budget(len + 1, terms))
             << what << " channel " << c << " row " << r << " tokens " << j0 << ".." << j1;
+        if (folded) {
+          ASSERT_LE(std::fabs(facc[r] - exact), f32_budget(len + 2, terms))
+              << what << " folded channel " << c << " row " << r << " tokens " << j0 << ".." << j1;
+        }
       }
     }
   }
@@ -380,6 +396,8 @@ TEST(CudaDecodeAttention, MatchesAttentionInDoubleForEveryFormat) {
   // in the middle of a group with pages of 300).
   pairs.push_back({{KvFormat::kIntChannel, 4, 8}, {KvFormat::kIntToken, 4, 32}});
   pairs.push_back({{KvFormat::kIntChannel, 4, 40}, {KvFormat::kIntToken, 4, 32}});
+  // Values in groups of 8 channels: at d = 256, G = 8 the weights do not fit folded.
+  pairs.push_back({{KvFormat::kF16}, {KvFormat::kIntToken, 4, 8}});
   struct Layout {
     int kv_heads, group, d, page;
   };

@@ -19,6 +19,7 @@ constexpr int kChannelsPerThread = kMaxHeadDim / kThreads;
 constexpr int kFoldGroups = 4;
 constexpr int kFoldFloats = 8192;
 static_assert(kFoldGroups * kMaxGroup * kMaxHeadDim <= kFoldFloats, "the folded query of any tile fits");
+static_assert(kFoldFloats % kThreads == 0, "zs_s holds G * groups sums whenever the folded weights fit");
 
 __device__ float warp_max(float x) {
   for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
@@ -55,6 +56,7 @@ __global__ void __launch_bounds__(kThreads) decode_split_kernel(DecodeAttention 
   __shared__ float m_s[G], l_s[G], alpha_s[G];
   __shared__ float qs_s[kFoldFloats];     // kIntChannel keys: [groups of the tile, G, d] q * scale
   __shared__ float z_s[kFoldGroups * G];  // [groups of the tile, G] sum_c q * zero
+  __shared__ float zs_s[kFoldFloats / kThreads];  // kIntToken values: [G, groups] sum_j p * zero
 
   const float* q = a.q + (int64_t(b) * a.n_heads + int64_t(h) * G) * d;
   for (int i = tid; i < G * d; i += kThreads) q_s[i] = q[i] * a.scale;
@@ -125,15 +127,33 @@ __global__ void __launch_bounds__(kThreads) decode_split_kernel(DecodeAttention 
       }
       __syncthreads();
 
+      // kIntToken values: the weights folded with the tokens' channel-group scales, in qs_s (free
+      // since the scores), when the tile's [G, kThreads, groups] fit.
+      const int vgroups = vb.format == KvFormat::kIntToken ? d / vb.group : 0;
+      const bool vfold = vgroups > 0 && G * kThreads * vgroups <= kFoldFloats;
+      if (vfold) {
+        for (int i = tid; i < G * kThreads * vgroups; i += kThreads) {
+          const int g = i % vgroups, jj = i / vgroups % kThreads, r = i / (vgroups * kThreads);
+          qs_s[i] = j0 + jj < j1 ? folded_weight(vb, j0 + jj, g, p_s[r * kThreads + jj]) : 0.0f;
+        }
+        for (int i = tid; i < G * vgroups; i += kThreads) {
+          zs_s[i] = folded_zero_sum(vb, i % vgroups, j0, j1, p_s + (i / vgroups) * kThreads);
+        }
+        __syncthreads();
+      }
 #pragma unroll  // acc stays in registers only if every index is a constant
       for (int i = 0; i < kChannelsPerThread; ++i) {
         const int c = tid + i * kThreads;
         if (c < d) {
           for (int r = 0; r < G; ++r) acc[i][r] *= alpha_s[r];
-          channel_sums<G>(vb, c, j0, j1, p_s, kThreads, acc[i]);
+          if (vfold) {
+            folded_channel_sums<G>(vb, c, j0, j1, qs_s, kThreads, zs_s, acc[i]);
+          } else {
+            channel_sums<G>(vb, c, j0, j1, p_s, kThreads, acc[i]);
+          }
         }
       }
-      __syncthreads();  // p_s is the next tile's
+      __syncthreads();  // p_s, qs_s and zs_s are the next tile's
     }
   }
 

@@ -231,6 +231,33 @@ KVLAB_HD void channel_sums(const KvBlock& v, int c, int j0, int j1, const float*
   with_layout<ChannelSumsOp<R>>(v, c, j0, j1, p, ldp, acc);
 }
 
+// kIntToken values with the weights folded in, the CPU reference's algebra: per token j and
+// channel group g, pw[r, j, g] = p[r, j] * scale(j, g), and per group zs[r, g] = sum_j p[r, j] *
+// zero(j, g); then acc[r] += sum_j pw[r, j, g(c)] * code(j, c) + zs[r, g(c)].
+KVLAB_HD float folded_weight(const KvBlock& v, int j, int g, float p) {
+  return p * f16_to_f32(v.scale[int64_t(j) * (v.d / v.group) + g]);
+}
+
+// zs of one row over tokens [j0, j1): p holds that row's weights from token j0 on.
+KVLAB_HD float folded_zero_sum(const KvBlock& v, int g, int j0, int j1, const float* p) {
+  float z = 0.0f;
+  for (int j = j0; j < j1; ++j) z = fmaf(p[j - j0], f16_to_f32(v.zero[int64_t(j) * (v.d / v.group) + g]), z);
+  return z;
+}
+
+// Channel c of R rows over tokens [j0, j1) from the folded weights pw ([R, ldw, groups]: row r,
+// token j at (r * ldw + j - j0) * groups) and zs ([R, groups]).
+template <int R>
+KVLAB_HD void folded_channel_sums(const KvBlock& v, int c, int j0, int j1, const float* pw, int ldw, const float* zs,
+                                  float (&acc)[R]) {
+  const int groups = v.d / v.group, g = c / v.group;
+  for (int j = j0; j < j1; ++j) {
+    const float code = float(code_at(v.data + j * v.stride, c, v.bits));
+    for (int r = 0; r < R; ++r) acc[r] = fmaf(pw[(int64_t(r) * ldw + j - j0) * groups + g], code, acc[r]);
+  }
+  for (int r = 0; r < R; ++r) acc[r] += zs[r * groups + g];
+}
+
 // Channel c of one query row, merged over `splits` partial softmax states (flash-decoding): part
 // holds split s's state at part + s * stride as [m, l, acc[0 .. d)] (m the largest score seen, l
 // the sum of exp(score - m), acc the sum of exp(score - m) * V). Splits in index order, so the
