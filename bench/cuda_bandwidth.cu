@@ -9,11 +9,6 @@
 namespace kvlab::cuda {
 namespace {
 
-Status cuda_ok(cudaError_t e, const char* what) {
-  if (e == cudaSuccess) return Status::Ok();
-  return internal_error(std::string(what) + ": " + cudaGetErrorString(e));
-}
-
 // Each thread sums float4s grid-stride; a sum that is never 1234.5 on zeroed memory keeps the
 // loads alive without a store per thread.
 __global__ void read_kernel(const float4* x, size_t n, float* out) {
@@ -35,7 +30,7 @@ StatusOr<double> measure_device_read_gbps(size_t bytes, int repeats) {
   if (!buf.ok()) return buf.status();
   StatusOr<DeviceBuffer> out = DeviceBuffer::allocate(4);
   if (!out.ok()) return out.status();
-  KVLAB_RETURN_IF_ERROR(cuda_ok(cudaMemset(buf->data(), 0, bytes), "cudaMemset"));
+  KVLAB_RETURN_IF_ERROR(cuda_status(cudaMemset(buf->data(), 0, bytes), "cudaMemset"));
   StatusOr<EventTimer> t = EventTimer::create();
   if (!t.ok()) return t.status();
   const size_t n = bytes / sizeof(float4);
@@ -53,7 +48,7 @@ StatusOr<double> measure_device_read_gbps(size_t bytes, int repeats) {
 
 StatusOr<L2Flush> L2Flush::create() {
   int l2 = 0;
-  KVLAB_RETURN_IF_ERROR(cuda_ok(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, 0), "L2 size"));
+  KVLAB_RETURN_IF_ERROR(cuda_status(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, 0), "L2 size"));
   StatusOr<DeviceBuffer> b = DeviceBuffer::allocate(2 * size_t(std::max(l2, 1 << 20)));
   if (!b.ok()) return b.status();
   L2Flush f;
@@ -61,12 +56,12 @@ StatusOr<L2Flush> L2Flush::create() {
   return StatusOr<L2Flush>(std::move(f));
 }
 
-Status L2Flush::run() { return cuda_ok(cudaMemsetAsync(scratch_.data(), 1, scratch_.bytes()), "L2 flush"); }
+Status L2Flush::run() { return cuda_status(cudaMemsetAsync(scratch_.data(), 1, scratch_.bytes()), "L2 flush"); }
 
 StatusOr<EventTimer> EventTimer::create() {
   EventTimer t;
-  KVLAB_RETURN_IF_ERROR(cuda_ok(cudaEventCreate(reinterpret_cast<cudaEvent_t*>(&t.start_)), "cudaEventCreate"));
-  KVLAB_RETURN_IF_ERROR(cuda_ok(cudaEventCreate(reinterpret_cast<cudaEvent_t*>(&t.stop_)), "cudaEventCreate"));
+  KVLAB_RETURN_IF_ERROR(cuda_status(cudaEventCreate(reinterpret_cast<cudaEvent_t*>(&t.start_)), "cudaEventCreate"));
+  KVLAB_RETURN_IF_ERROR(cuda_status(cudaEventCreate(reinterpret_cast<cudaEvent_t*>(&t.stop_)), "cudaEventCreate"));
   return StatusOr<EventTimer>(std::move(t));
 }
 
@@ -75,13 +70,13 @@ EventTimer::~EventTimer() {
   if (stop_) cudaEventDestroy(static_cast<cudaEvent_t>(stop_));
 }
 
-Status EventTimer::start() { return cuda_ok(cudaEventRecord(static_cast<cudaEvent_t>(start_)), "cudaEventRecord"); }
+Status EventTimer::start() { return cuda_status(cudaEventRecord(static_cast<cudaEvent_t>(start_)), "cudaEventRecord"); }
 
 StatusOr<float> EventTimer::stop_ms() {
-  KVLAB_RETURN_IF_ERROR(cuda_ok(cudaEventRecord(static_cast<cudaEvent_t>(stop_)), "cudaEventRecord"));
+  KVLAB_RETURN_IF_ERROR(cuda_status(cudaEventRecord(static_cast<cudaEvent_t>(stop_)), "cudaEventRecord"));
   KVLAB_RETURN_IF_ERROR(synchronize("timed GPU work"));
   float ms = 0;
-  KVLAB_RETURN_IF_ERROR(cuda_ok(cudaEventElapsedTime(&ms, static_cast<cudaEvent_t>(start_), static_cast<cudaEvent_t>(stop_)),
+  KVLAB_RETURN_IF_ERROR(cuda_status(cudaEventElapsedTime(&ms, static_cast<cudaEvent_t>(start_), static_cast<cudaEvent_t>(stop_)),
                                 "cudaEventElapsedTime"));
   if (!(ms > 0)) return internal_error("a timed GPU call took no measurable time");
   return ms;

@@ -68,27 +68,12 @@ HostPage pack_page(KvFormat format, int bits, int group, const float* x, int n, 
   HostPage p;
   KvBlock& b = p.block;
   b.format = format, b.n = n, b.d = d, b.bits = bits, b.group = group;
-  if (format == KvFormat::kIntChannel) {
-    const int g = group > 0 && group < n ? group : n, groups = (n + g - 1) / g;
-    b.stride = packed_bytes(n, bits);
-    p.data.assign(size_t(b.stride) * d, 0);
-    p.scale.resize(size_t(groups) * d), p.zero.resize(size_t(groups) * d);
-    for (int t = 0; t < groups; ++t) {
-      quantize_channels(bits, x + size_t(t) * g * d, std::min(g, n - t * g), d, d,
-                        p.data.data() + packed_bytes(int64_t(t) * g, bits), b.stride, p.scale.data() + t * d,
-                        p.zero.data() + t * d);
-    }
-  } else {
-    const int per_token = format == KvFormat::kIntToken ? d / group : (format == KvFormat::kFp8 ? 1 : 0);
-    b.stride = format == KvFormat::kIntToken ? packed_bytes(d, bits) : element_bytes(format) * d;
-    p.data.assign(size_t(b.stride) * n, 0);
-    p.scale.resize(size_t(n) * per_token);
-    if (format == KvFormat::kIntToken) p.zero.resize(size_t(n) * per_token);
-    for (int j = 0; j < n; ++j) {
-      quantize_token(format, bits, group, x + size_t(j) * d, d, p.data.data() + j * b.stride,
-                     per_token ? p.scale.data() + j * per_token : nullptr, p.zero.empty() ? nullptr : p.zero.data() + j * per_token);
-    }
-  }
+  const bool channels = format == KvFormat::kIntChannel;
+  b.stride = channels ? packed_bytes(n, bits) : format == KvFormat::kIntToken ? packed_bytes(d, bits) : element_bytes(format) * d;
+  p.data.assign(size_t(b.stride) * (channels ? d : n), 0);
+  p.scale.resize(size_t(block_scales(b)));
+  if (format == KvFormat::kIntToken || channels) p.zero.resize(p.scale.size());
+  quantize_block(b, x, d, p.data.data(), p.scale.data(), p.zero.empty() ? nullptr : p.zero.data());
   b.data = p.data.data();
   b.scale = p.scale.empty() ? nullptr : p.scale.data();
   b.zero = p.zero.empty() ? nullptr : p.zero.data();

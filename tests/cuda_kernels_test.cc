@@ -559,10 +559,10 @@ TEST(CudaWrite, TokensAndChannelsGetTheCpuWritersBytes) {
         std::vector<uint16_t> scale(size_t(n) * per_token, 0x1234);
         std::vector<uint16_t> zero(f.format == KvFormat::kIntToken ? scale.size() : 0, 0x1234);
         cuda::DeviceBuffer dd = device_copy(data), sd = device_copy(scale), zd = device_copy(zero);
-        for (int j = 0; j < n; ++j) {
-          quantize_token(f.format, f.bits, grp, x.data() + size_t(j) * ldx, d, data.data() + j * stride,
-                         per_token ? scale.data() + j * per_token : nullptr, zero.empty() ? nullptr : zero.data() + j * per_token);
-        }
+        KvBlock layout;
+        layout.format = f.format, layout.n = n, layout.d = d, layout.bits = f.bits, layout.group = grp;
+        layout.stride = stride;
+        quantize_block(layout, x.data(), ldx, data.data(), scale.data(), zero.empty() ? nullptr : zero.data());
         const Status st = cuda::write_tokens(f.format, f.bits, grp, static_cast<const float*>(xd.data()), n, ldx, d,
                                              static_cast<uint8_t*>(dd.data()), stride,
                                              per_token ? static_cast<uint16_t*>(sd.data()) : nullptr,

@@ -51,6 +51,23 @@ void quantize_channels(int bits, const float* x, int n, int64_t ldx, int d, uint
   for (int c = 0; c < d; ++c) write_channel(bits, x + c, n, ldx, data + int64_t(c) * stride, scale + c, zero + c);
 }
 
+void quantize_block(const KvBlock& b, const float* x, int64_t ldx, uint8_t* data, uint16_t* scale, uint16_t* zero) {
+  if (b.format == KvFormat::kIntChannel) {
+    const int g = channel_group_tokens(b);
+    for (int t = 0; t < channel_groups(b); ++t) {
+      quantize_channels(b.bits, x + int64_t(t) * g * ldx, std::min(g, b.n - t * g), ldx, b.d,
+                        data + packed_bytes(int64_t(t) * g, b.bits), b.stride, scale + int64_t(t) * b.d,
+                        zero + int64_t(t) * b.d);
+    }
+    return;
+  }
+  const int64_t per_token = b.n > 0 ? block_scales(b) / b.n : 0;
+  for (int j = 0; j < b.n; ++j) {
+    quantize_token(b.format, b.bits, b.group, x + j * ldx, b.d, data + j * b.stride,
+                   per_token ? scale + j * per_token : nullptr, zero ? zero + j * per_token : nullptr);
+  }
+}
+
 void dequantize_block(const KvBlock& b, float* out) {
   const int n = b.n, d = b.d;
   switch (b.format) {

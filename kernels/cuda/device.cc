@@ -5,14 +5,11 @@
 #include <string>
 
 namespace kvlab::cuda {
-namespace {
-
-Status cuda_status(cudaError_t e, const std::string& what) {
+Status cuda_status(int error, const std::string& what) {
+  const auto e = static_cast<cudaError_t>(error);
   if (e == cudaSuccess) return Status::Ok();
   return internal_error(what + ": " + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")");
 }
-
-}  // namespace
 
 StatusOr<DeviceInfo> device_info() {
   int count = 0;

@@ -41,6 +41,9 @@ class DeviceBuffer {
   size_t bytes_ = 0;
 };
 
+// A CUDA runtime error code (a cudaError_t) as a Status naming `what`; Ok for cudaSuccess.
+Status cuda_status(int error, const std::string& what);
+
 // The last CUDA error (of a launch, say) as a Status naming `what`; Ok if none.
 Status last_error(const char* what);
 // Waits for the device; its error, if any, as a Status.

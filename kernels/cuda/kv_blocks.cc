@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cpu/kv_quantize.h"
 #include "kernels/cuda/kv_attention_cuda.h"
 
 namespace kvlab::cuda {
@@ -13,29 +14,26 @@ constexpr int64_t kAlign = 16;  // every array in the arena starts on 16 bytes
 
 int64_t aligned(int64_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
 
+
+// Bytes of one row of a block's data: a token's elements or codes, or a channel's codes.
+int64_t row_bytes(const KvBlock& b) {
+  switch (b.format) {
+    case KvFormat::kIntToken: return packed_bytes(b.d, b.bits);
+    case KvFormat::kIntChannel: return packed_bytes(b.n, b.bits);
+    default: return element_bytes(b.format) * b.d;
+  }
+}
+
+// Rows of a block's data: channels for kIntChannel, tokens otherwise.
+int rows_of(const KvBlock& b) { return b.format == KvFormat::kIntChannel ? b.d : b.n; }
+
 }  // namespace
 
 BlockExtent block_extent(const KvBlock& b) {
   BlockExtent e;
-  switch (b.format) {
-    case KvFormat::kF32:
-    case KvFormat::kF16:
-    case KvFormat::kBF16:
-    case KvFormat::kFp8:
-      e.data_bytes = (b.n - 1) * b.stride + element_bytes(b.format) * b.d;
-      e.scales = b.format == KvFormat::kFp8 ? b.n : 0;
-      break;
-    case KvFormat::kIntToken:
-      e.data_bytes = (b.n - 1) * b.stride + packed_bytes(b.d, b.bits);
-      e.scales = b.group > 0 ? int64_t(b.n) * (b.d / b.group) : 0;  // group 0: check_block refuses it
-      e.zeros = true;
-      break;
-    case KvFormat::kIntChannel:
-      e.data_bytes = (b.d - 1) * b.stride + packed_bytes(b.n, b.bits);
-      e.scales = int64_t(channel_groups(b)) * b.d;
-      e.zeros = true;
-      break;
-  }
+  e.data_bytes = (rows_of(b) - 1) * b.stride + row_bytes(b);
+  e.scales = block_scales(b);  // kIntToken with group 0: none (check_block refuses it)
+  e.zeros = b.format == KvFormat::kIntToken || b.format == KvFormat::kIntChannel;
   return e;
 }
 
@@ -55,10 +53,8 @@ Status check_block(const KvBlock& b) {
                             "-bit codes do not start on a byte");
   }
   const BlockExtent e = block_extent(b);
-  const int64_t row = b.format == KvFormat::kIntChannel ? packed_bytes(b.n, b.bits)
-                      : b.format == KvFormat::kIntToken ? packed_bytes(b.d, b.bits)
-                                                        : element_bytes(b.format) * b.d;
-  if ((b.format == KvFormat::kIntChannel ? b.d : b.n) > 1 && b.stride < row) {
+  const int64_t row = row_bytes(b);
+  if (rows_of(b) > 1 && b.stride < row) {
     return invalid_argument("packed block: stride " + std::to_string(b.stride) + " shorter than a row of " + std::to_string(row) + " bytes");
   }
   if (e.scales > 0 && (!b.scale || (e.zeros && !b.zero))) return invalid_argument("packed block: missing scales or zeros");

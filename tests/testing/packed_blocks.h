@@ -69,31 +69,13 @@ inline Packed pack(const Format& f, const float* x, int n, int d, int pad = 3) {
   b.d = d;
   b.bits = f.bits;
   b.group = f.format == KvFormat::kIntToken ? (f.group ? f.group : d) : f.group;
-  if (f.format == KvFormat::kIntChannel) {
-    // One quantize_channels per token group: its codes from the group's first byte, its scales
-    // and zeros in row t.
-    const int g = channel_group_tokens(b), groups = channel_groups(b);
-    b.stride = packed_bytes(n, f.bits) + pad;
-    p.data.assign(size_t(b.stride * d), 0xa5);
-    p.scale.resize(size_t(groups) * d);
-    p.zero.resize(size_t(groups) * d);
-    for (int t = 0; t < groups; ++t) {
-      quantize_channels(f.bits, x + int64_t(t) * g * d, std::min(g, n - t * g), d, d,
-                        p.data.data() + packed_bytes(int64_t(t) * g, f.bits), b.stride, p.scale.data() + t * d,
-                        p.zero.data() + t * d);
-    }
-  } else {
-    const int per_token = f.format == KvFormat::kIntToken ? d / b.group : (f.format == KvFormat::kFp8 ? 1 : 0);
-    b.stride = (f.format == KvFormat::kIntToken ? packed_bytes(d, f.bits) : element_bytes(f.format) * d) + pad;
-    p.data.assign(size_t(b.stride * n), 0xa5);
-    p.scale.resize(size_t(n) * per_token);
-    p.zero.resize(f.format == KvFormat::kIntToken ? size_t(n) * per_token : 0);
-    for (int j = 0; j < n; ++j) {
-      quantize_token(f.format, f.bits, b.group, x + j * d, d, p.data.data() + j * b.stride,
-                     per_token ? p.scale.data() + j * per_token : nullptr,
-                     p.zero.empty() ? nullptr : p.zero.data() + j * per_token);
-    }
-  }
+  const bool channels = f.format == KvFormat::kIntChannel;
+  b.stride = (channels ? packed_bytes(n, f.bits)
+                       : f.format == KvFormat::kIntToken ? packed_bytes(d, f.bits) : element_bytes(f.format) * d) + pad;
+  p.data.assign(size_t(b.stride) * (channels ? d : n), 0xa5);
+  p.scale.resize(size_t(block_scales(b)));
+  p.zero.resize(f.format == KvFormat::kIntToken || channels ? p.scale.size() : 0);
+  quantize_block(b, x, d, p.data.data(), p.scale.data(), p.zero.empty() ? nullptr : p.zero.data());
   b.data = p.data.data();
   b.scale = p.scale.empty() ? nullptr : p.scale.data();
   b.zero = p.zero.empty() ? nullptr : p.zero.data();
