@@ -6,6 +6,7 @@
 #include <cstdio>
 
 #include "base/json.h"
+#include "base/no_fill_vector.h"
 #include "eval/text.h"
 #include "kvcache/xkv.h"
 
@@ -16,7 +17,7 @@ using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
 // Per layer, [tokens, C] f32: pre-RoPE keys or values.
-using LayerStates = std::vector<std::vector<float>>;
+using LayerStates = std::vector<NoFillVector<float>>;  // LayerContents' arrays, moved
 
 // Relative error of each layer of the group [l0, l0 + g) factorized together at rank g * r.
 std::vector<double> group_errors(const LayerStates& x, int l0, int g, int64_t tokens, int C, int r) {

@@ -153,18 +153,26 @@ void BlockStore::clear() {
   meta_.clear();
 }
 
-void BlockStore::read(int i, float* k, float* v) const {
-  const int b = int(std::upper_bound(firsts_.begin(), firsts_.end(), i) - firsts_.begin()) - 1;
-  const int j = i - firsts_[b];
+void BlockStore::read(int first, int n, float* k, float* v) const {
+  KVLAB_CHECK(first >= 0 && n >= 0 && first + n <= size_);
+  const int64_t kv_dim = int64_t(n_kv_heads_) * head_dim_;
+  // A block is dequantized whole (a kIntChannel token group is read from its first token), then
+  // the rows asked for are copied out: [block_tokens, head_dim] f32.
   std::vector<float> tmp(size_t(block_tokens_) * head_dim_);
-  for (int h = 0; h < n_kv_heads_; ++h) {
-    KvBlock kb, vb;
-    int first = 0;
-    block(b, h, &kb, &vb, &first);
-    dequantize_block(kb, tmp.data());
-    std::copy_n(&tmp[size_t(j) * head_dim_], head_dim_, k + int64_t(h) * head_dim_);
-    dequantize_block(vb, tmp.data());
-    std::copy_n(&tmp[size_t(j) * head_dim_], head_dim_, v + int64_t(h) * head_dim_);
+  int b = int(std::upper_bound(firsts_.begin(), firsts_.end(), first) - firsts_.begin()) - 1;
+  for (int i = first; i < first + n; ++b) {
+    const int j = i - firsts_[b], m = std::min(first + n - i, counts_[b] - j);
+    for (int h = 0; h < n_kv_heads_; ++h) {
+      KvBlock kv[2];
+      int block_first = 0;
+      block(b, h, &kv[0], &kv[1], &block_first);
+      for (int side = 0; side < 2; ++side) {
+        dequantize_block(kv[side], tmp.data());
+        float* out = (side == 0 ? k : v) + int64_t(i - first) * kv_dim + int64_t(h) * head_dim_;
+        for (int t = 0; t < m; ++t) std::copy_n(&tmp[size_t(j + t) * head_dim_], head_dim_, out + t * kv_dim);
+      }
+    }
+    i += m;
   }
 }
 

@@ -56,8 +56,8 @@ class BlockStore {
   int n_blocks() const { return int(counts_.size()); }
   // Block b of kv head h; *first_token receives the index of its first token.
   void block(int b, int kv_head, KvBlock* k, KvBlock* v, int* first_token) const;
-  // Token i dequantized. k, v: [n_kv_heads * head_dim].
-  void read(int i, float* k, float* v) const;
+  // Tokens [first, first + n) dequantized. k, v: [n, n_kv_heads * head_dim].
+  void read(int first, int n, float* k, float* v) const;
 
   void save(BinaryWriter& out) const;
   Status load(BinaryReader& in);

@@ -30,6 +30,7 @@
 #include "attention/observer.h"
 #include "attention/rope.h"
 #include "base/json.h"
+#include "base/no_fill_vector.h"
 #include "base/serialize.h"
 #include "base/status.h"
 #include "kvcache/forward_batch.h"
@@ -67,8 +68,8 @@ struct PolicyContext {
 // tests and tools (round trips, attention error), not for the decode path.
 struct LayerContents {
   std::vector<int32_t> positions;  // [n]
-  std::vector<float> k;            // [n, kv_dim] post-RoPE
-  std::vector<float> v;            // [n, kv_dim]
+  NoFillVector<float> k;           // [n, kv_dim] post-RoPE
+  NoFillVector<float> v;           // [n, kv_dim]
 
   // Room for n tokens, so that appending them reallocates nothing.
   void reserve(int n, int kv_dim) {
@@ -76,23 +77,14 @@ struct LayerContents {
     k.reserve(size_t(n) * size_t(kv_dim));
     v.reserve(size_t(n) * size_t(kv_dim));
   }
-  // Adds a token at `pos` whose k and v ([kv_dim] each) write(k, v) fills, through `buf` (a
-  // token's worth, reused across calls), so that reserved vectors are written once: append()
-  // resizes, which zero-fills them first (a second pass over a long layer's output).
-  template <typename Write>
-  void append_written(int32_t pos, int kv_dim, std::vector<float>& buf, Write&& write) {
-    buf.resize(2 * size_t(kv_dim));
-    write(buf.data(), buf.data() + kv_dim);
-    positions.push_back(pos);
-    k.insert(k.end(), buf.begin(), buf.begin() + kv_dim);
-    v.insert(v.end(), buf.begin() + kv_dim, buf.end());
-  }
-  // Adds a token at `pos`; returns where its k and v ([kv_dim] each) go.
-  std::pair<float*, float*> append(int32_t pos, int kv_dim) {
-    positions.push_back(pos);
-    k.resize(k.size() + size_t(kv_dim));
-    v.resize(v.size() + size_t(kv_dim));
-    return {k.data() + k.size() - size_t(kv_dim), v.data() + v.size() - size_t(kv_dim)};
+  // Adds n tokens at positions pos, pos + 1, ...; returns where their k and v ([n, kv_dim]
+  // each, not initialized) go.
+  std::pair<float*, float*> append(int32_t pos, int kv_dim, int n = 1) {
+    for (int t = 0; t < n; ++t) positions.push_back(pos + t);
+    const size_t at = k.size();
+    k.resize(at + size_t(n) * size_t(kv_dim));
+    v.resize(k.size());
+    return {k.data() + at, v.data() + at};
   }
 };
 

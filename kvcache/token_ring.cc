@@ -130,27 +130,24 @@ void TokenRing::clear(int dropped) {
   metas_.shrink_to_fit();
 }
 
-void TokenRing::read(int i, float* k, float* v) const {
-  const int s = slot(i);
-  const uint8_t* page = pages_[s / page_tokens_];
-  const uint16_t* scales = meta_bytes_ ? reinterpret_cast<const uint16_t*>(metas_[s / page_tokens_]) : nullptr;
-  const int in = s % page_tokens_;
-  for (int h = 0; h < n_kv_heads_; ++h) {
-    KvBlock kb, vb;
-    for (KvBlock* b : {&kb, &vb}) {
-      b->format = format_;
-      b->n = 1;
-      b->d = head_dim_;
-      b->stride = int64_t(head_dim_) * element_bytes(format_);
+void TokenRing::read(int first, int n, float* k, float* v) const {
+  KVLAB_CHECK(first >= 0 && n >= 0 && first + n <= size_);
+  const int64_t kv_dim = int64_t(n_kv_heads_) * head_dim_;
+  // 8 tokens at a time, every head, inside one page (a page ends where the ring wraps: the
+  // capacity is a whole number of pages): the output rows are written almost in order. A whole
+  // page head by head writes 2 * n_kv_heads strided streams; for a SmolLM2 layer (3 heads of 64,
+  // f32) that costs 1.10x a flat memcpy of the result, 8 tokens at a time 1.02x (measured).
+  constexpr int kTokensPerStep = 8;
+  for (int i = first; i < first + n;) {
+    const int m = std::min({first + n - i, page_tokens_ - slot(i) % page_tokens_, kTokensPerStep});
+    const int64_t row = int64_t(i - first) * kv_dim;
+    for (int h = 0; h < n_kv_heads_; ++h) {
+      KvBlock kb, vb;
+      view(i, m, h, &kb, &vb);
+      dequantize_block(kb, k + row + int64_t(h) * head_dim_, kv_dim);
+      dequantize_block(vb, v + row + int64_t(h) * head_dim_, kv_dim);
     }
-    kb.data = page + key_offset(in, h);
-    vb.data = page + value_offset(in, h);
-    if (scales) {
-      kb.scale = scales + key_scale(in, h);
-      vb.scale = scales + value_scale(in, h);
-    }
-    dequantize_block(kb, k + int64_t(h) * head_dim_);
-    dequantize_block(vb, v + int64_t(h) * head_dim_);
+    i += m;
   }
 }
 
@@ -168,13 +165,19 @@ void TokenRing::run(int r, int kv_head, KvBlock* k, KvBlock* v, int* first_token
   const int i = r == 0 ? 0 : first + (r - 1) * page_tokens_;
   const int len = r == 0 ? first : std::min(page_tokens_, size_ - i);
   KVLAB_CHECK(r >= 0 && i < size_);
+  view(i, len, kv_head, k, v);
+  *first_token = i;
+}
+
+void TokenRing::view(int i, int n, int kv_head, KvBlock* k, KvBlock* v) const {
   const int s = slot(i);
   const uint8_t* page = pages_[s / page_tokens_];
   const int in = s % page_tokens_;
+  KVLAB_CHECK(n >= 0 && in + n <= page_tokens_);
   for (KvBlock* b : {k, v}) {
     *b = KvBlock();
     b->format = format_;
-    b->n = len;
+    b->n = n;
     b->d = head_dim_;
     b->stride = int64_t(head_dim_) * element_bytes(format_);
   }
@@ -185,7 +188,6 @@ void TokenRing::run(int r, int kv_head, KvBlock* k, KvBlock* v, int* first_token
     k->scale = scales + key_scale(in, kv_head);
     v->scale = scales + value_scale(in, kv_head);
   }
-  *first_token = i;
 }
 
 void TokenRing::save(BinaryWriter& out) const {

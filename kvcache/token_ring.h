@@ -58,8 +58,8 @@ class TokenRing {
   // summation order) of one written token by token.
   void clear(int dropped = 0);
 
-  // Token i (0 = oldest) as f32. k, v: [n_kv_heads * head_dim].
-  void read(int i, float* k, float* v) const;
+  // Tokens [first, first + n) (0 = oldest) as f32. k, v: [n, n_kv_heads * head_dim].
+  void read(int first, int n, float* k, float* v) const;
   // The tokens as runs of consecutive slots within one page (O(1) each): run r covers tokens
   // [first(r), first(r) + length(r)).
   int n_runs() const;
@@ -73,6 +73,8 @@ class TokenRing {
  private:
   int slot(int i) const { return (start_ + i) % capacity_; }
   uint8_t* ensure_page(int page);
+  // Tokens [i, i + n) of kv head h as packed blocks. REQUIRES: they lie in one page.
+  void view(int i, int n, int kv_head, KvBlock* k, KvBlock* v) const;
   // Byte offsets inside a page of token slot s (within page), head h; indices of its fp8 scales
   // inside the meta page.
   int64_t key_offset(int s, int h) const;

@@ -24,9 +24,9 @@ StatusOr<at::Tensor> rows_f32(const at::Tensor& t, const char* what, int64_t row
   return read_in_place(t) ? t : t.to(at::kFloat).contiguous();
 }
 
-template <typename T>
-at::Tensor owning_tensor(std::vector<T>&& v, std::vector<int64_t> shape, at::ScalarType type) {
-  auto* owned = new std::vector<T>(std::move(v));
+template <typename T, typename A>
+at::Tensor owning_tensor(std::vector<T, A>&& v, std::vector<int64_t> shape, at::ScalarType type) {
+  auto* owned = new std::vector<T, A>(std::move(v));
   return at::from_blob(owned->data(), shape, [owned](void*) { delete owned; }, at::TensorOptions().dtype(type));
 }
 

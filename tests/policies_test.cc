@@ -12,6 +12,7 @@
 #include "base/serialize.h"
 #include "kvcache/block_store.h"
 #include "kvcache/kv_cache.h"
+#include "kvcache/token_ring.h"
 #include "tests/testing/models.h"
 
 namespace kvlab {
@@ -242,6 +243,7 @@ TEST(KiviTest, TiersHoldTheBytesOfTheirLayout) {
 // A block store whose blocks hold several KIVI key groups reads back, token for token, what a
 // store of one group per block reads (the groups are quantized alike); a truncate inside a group
 // sends the next tokens to a new block; a saved store refuses to load into other block sizes.
+// Reads of a range (across blocks, from inside one) give the tokens' own reads.
 TEST(BlockStoreTest, PagesOfSeveralKeyGroups) {
   const int heads = 2, d = 32, kv_dim = heads * d;
   const IntFormat kf{KvFormat::kIntChannel, 4, 32}, vf{KvFormat::kIntToken, 4, 32};
@@ -258,11 +260,15 @@ TEST(BlockStoreTest, PagesOfSeveralKeyGroups) {
   };
   auto expect_same = [&](int from, int to) {
     std::vector<float> ka(kv_dim), va(kv_dim), kb(kv_dim), vb(kv_dim);
+    std::vector<float> kr(size_t(to - from) * kv_dim), vr(kr.size());
+    paged.read(from, to - from, kr.data(), vr.data());
     for (int i = from; i < to; ++i) {
-      paged.read(i, ka.data(), va.data());
-      single.read(i, kb.data(), vb.data());
+      paged.read(i, 1, ka.data(), va.data());
+      single.read(i, 1, kb.data(), vb.data());
       ASSERT_EQ(ka, kb) << "keys of token " << i;
       ASSERT_EQ(va, vb) << "values of token " << i;
+      ASSERT_TRUE(std::equal(ka.begin(), ka.end(), &kr[size_t(i - from) * kv_dim])) << "range read, keys of " << i;
+      ASSERT_TRUE(std::equal(va.begin(), va.end(), &vr[size_t(i - from) * kv_dim])) << "range read, values of " << i;
     }
   };
   append(96);
@@ -272,6 +278,7 @@ TEST(BlockStoreTest, PagesOfSeveralKeyGroups) {
   EXPECT_EQ(paged.n_blocks(), 2);
   EXPECT_EQ(paged.size(), 160);
   expect_same(0, 160);
+  expect_same(37, 140);
   paged.truncate(100);
   single.truncate(100);
   append(64);
@@ -282,6 +289,7 @@ TEST(BlockStoreTest, PagesOfSeveralKeyGroups) {
   EXPECT_EQ(first, 100);
   EXPECT_EQ(kb.n, 64);
   expect_same(0, 164);
+  expect_same(99, 101);
 
   BinaryWriter w;
   paged.save(w);
@@ -295,10 +303,46 @@ TEST(BlockStoreTest, PagesOfSeveralKeyGroups) {
   ASSERT_TRUE(back.load(r2).ok());
   std::vector<float> ka(kv_dim), va(kv_dim), kc(kv_dim), vc(kv_dim);
   for (int i = 0; i < 164; ++i) {
-    back.read(i, ka.data(), va.data());
-    paged.read(i, kc.data(), vc.data());
+    back.read(i, 1, ka.data(), va.data());
+    paged.read(i, 1, kc.data(), vc.data());
     ASSERT_EQ(ka, kc) << i;
     ASSERT_EQ(va, vc) << i;
+  }
+}
+
+// A ring that has wrapped reads back the f32 tokens pushed, for ranges that start inside a page,
+// cross pages and cross the wrap, and token by token.
+TEST(TokenRingTest, RangeReadsAcrossPagesAndTheWrap) {
+  const int heads = 3, d = 8, kv_dim = heads * d;
+  MemoryLedger ledger;
+  TokenRing ring(&ledger, MemoryKind::kExact, KvFormat::kF32, heads, d, 64);
+  ASSERT_EQ(ring.page_tokens(), 32);
+  std::vector<float> pushed_k, pushed_v;  // every token ever pushed, [t, kv_dim]
+  auto push = [&](int n) {
+    for (int t = 0; t < n; ++t) {
+      const size_t at = pushed_k.size();
+      for (int c = 0; c < kv_dim; ++c) {
+        pushed_k.push_back(float(at + size_t(c)));
+        pushed_v.push_back(-float(at + size_t(c)));
+      }
+      ring.push(&pushed_k[at], &pushed_v[at]);
+    }
+  };
+  push(50);
+  ring.pop_front(40);
+  push(40);  // slots 50..63, then 0..25: the ring has wrapped
+  ASSERT_EQ(ring.size(), 50);
+  const int dropped = 40;
+  for (auto [first, n] : {std::pair{0, 50}, {5, 40}, {13, 1}, {20, 30}, {49, 1}, {0, 0}}) {
+    std::vector<float> k(size_t(n) * kv_dim), v(k.size()), k1(kv_dim), v1(kv_dim);
+    ring.read(first, n, k.data(), v.data());
+    for (int i = 0; i < n; ++i) {
+      const size_t at = size_t(dropped + first + i) * kv_dim;
+      ASSERT_TRUE(std::equal(&k[size_t(i) * kv_dim], &k[size_t(i + 1) * kv_dim], &pushed_k[at])) << first << "+" << i;
+      ASSERT_TRUE(std::equal(&v[size_t(i) * kv_dim], &v[size_t(i + 1) * kv_dim], &pushed_v[at])) << first << "+" << i;
+      ring.read(first + i, 1, k1.data(), v1.data());
+      ASSERT_TRUE(std::equal(k1.begin(), k1.end(), &pushed_k[at])) << first + i;
+    }
   }
 }
 

@@ -44,7 +44,8 @@ void expect_same_as_plain_api(const std::string& spec, AsInput as_input) {
     const LayerContents c = (*b)->read(layer, 0);
     const at::Tensor& k = std::get<1>(*t);
     ASSERT_EQ(k.size(0), 6);
-    EXPECT_EQ(std::vector<float>(k.data_ptr<float>(), k.data_ptr<float>() + k.numel()), c.k);
+    EXPECT_EQ(std::vector<float>(k.data_ptr<float>(), k.data_ptr<float>() + k.numel()),
+              std::vector<float>(c.k.begin(), c.k.end()));
     EXPECT_EQ(std::get<0>(*t)[5].item<int>(), 5);
   }
 }

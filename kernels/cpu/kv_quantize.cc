@@ -68,11 +68,12 @@ void quantize_block(const KvBlock& b, const float* x, int64_t ldx, uint8_t* data
   }
 }
 
-void dequantize_block(const KvBlock& b, float* out) {
+void dequantize_block(const KvBlock& b, float* out, int64_t ld) {
   const int n = b.n, d = b.d;
+  KVLAB_CHECK(ld >= d);
   switch (b.format) {
     case KvFormat::kF32:
-      for (int j = 0; j < n; ++j) std::memcpy(out + int64_t(j) * d, b.data + j * b.stride, size_t(d) * 4);
+      for (int j = 0; j < n; ++j) std::memcpy(out + j * ld, b.data + j * b.stride, size_t(d) * 4);
       return;
     case KvFormat::kF16:
     case KvFormat::kBF16:
@@ -81,7 +82,7 @@ void dequantize_block(const KvBlock& b, float* out) {
         for (int c = 0; c < d; ++c) {
           uint16_t h;
           std::memcpy(&h, row + 2 * c, 2);
-          out[int64_t(j) * d + c] = b.format == KvFormat::kF16 ? f16_to_f32(h) : bf16_to_f32(h);
+          out[j * ld + c] = b.format == KvFormat::kF16 ? f16_to_f32(h) : bf16_to_f32(h);
         }
       }
       return;
@@ -89,7 +90,7 @@ void dequantize_block(const KvBlock& b, float* out) {
       for (int j = 0; j < n; ++j) {
         const uint8_t* row = b.data + j * b.stride;
         const float s = f16_to_f32(b.scale[j]);
-        for (int c = 0; c < d; ++c) out[int64_t(j) * d + c] = e4m3_to_f32(row[c]) * s;  // exact product
+        for (int c = 0; c < d; ++c) out[j * ld + c] = e4m3_to_f32(row[c]) * s;  // exact product
       }
       return;
     case KvFormat::kIntToken: {
@@ -102,7 +103,7 @@ void dequantize_block(const KvBlock& b, float* out) {
           const float s = f16_to_f32(b.scale[int64_t(j) * groups + g]);
           const float z = f16_to_f32(b.zero[int64_t(j) * groups + g]);
           for (int c = g * b.group; c < (g + 1) * b.group; ++c) {
-            out[int64_t(j) * d + c] = float(code_at(row, c, b.bits)) * s + z;
+            out[j * ld + c] = float(code_at(row, c, b.bits)) * s + z;
           }
         }
       }
@@ -115,7 +116,7 @@ void dequantize_block(const KvBlock& b, float* out) {
         const uint8_t* stream = b.data + c * b.stride;
         for (int j = 0; j < n; ++j) {
           const int64_t e = int64_t(j / g) * d + c;
-          out[int64_t(j) * d + c] = float(code_at(stream, j, b.bits)) * f16_to_f32(b.scale[e]) + f16_to_f32(b.zero[e]);
+          out[j * ld + c] = float(code_at(stream, j, b.bits)) * f16_to_f32(b.scale[e]) + f16_to_f32(b.zero[e]);
         }
       }
       return;

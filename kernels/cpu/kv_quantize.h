@@ -78,13 +78,15 @@ inline int64_t block_scales(const KvBlock& b) {
 // order the readers expect. quantize_token / quantize_channels per token or token group.
 void quantize_block(const KvBlock& b, const float* x, int64_t ldx, uint8_t* data, uint16_t* scale, uint16_t* zero);
 
-// The reference reader: the block as f32, out: [n, d] (row j at out + j * d). Integer formats
+// The reference reader: the block as f32, out: [n, d] with rows `ld` floats apart (row j at
+// out + j * ld; ld >= d, a head's columns of a token-major [n, n_kv_heads * d] array). Integer formats
 // compute value = f32(code) * f16_to_f32(scale) + f16_to_f32(zero) in f32, in that order.
 // The product is always exact in f32 (code < 2^8, an f16 has 11 significant bits: 19 <= 24
 // bits), so only the addition rounds, and fmaf(code, scale, zero) gives the same bits; a reader
 // that reassociates (e.g. scale * sum(p * code) + zero * sum(p)) does not, and must say so.
 // kFp8's e4m3(code) * scale is exact in f32 as well (4 + 11 significant bits).
-void dequantize_block(const KvBlock& block, float* out);
+void dequantize_block(const KvBlock& block, float* out, int64_t ld);
+inline void dequantize_block(const KvBlock& block, float* out) { dequantize_block(block, out, block.d); }
 
 // The largest |dequantized - original| the integer writers (kIntToken, kIntChannel) can
 // produce for any group whose finite values lie in [lo, hi] (REQUIRES lo <= hi) with `bits`

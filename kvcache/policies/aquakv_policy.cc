@@ -154,24 +154,21 @@ class AquaKvPolicy final : public Policy {
     const Slot& sl = slot(layer, seq);
     const int C = ctx_.geometry.kv_dim();
     LayerContents c;
-    for (int i = 0; i < sl.prefix.size(); ++i) {
-      auto [k, v] = c.append(i, C);
-      sl.prefix.read(i, k, v);
+    {
+      auto [k, v] = c.append(0, C, sl.prefix.size());
+      sl.prefix.read(0, sl.prefix.size(), k, v);
     }
     if (sl.n_compressed > 0) {
       std::vector<float> k, v;
       reconstruct(seq, layer, &k, &v);
       rotate_from(k.data(), cfg_.prefix, sl.n_compressed);
-      for (int i = 0; i < sl.n_compressed; ++i) {
-        auto [kk, vv] = c.append(cfg_.prefix + i, C);
-        std::copy_n(&k[size_t(i) * C], C, kk);
-        std::copy_n(&v[size_t(i) * C], C, vv);
-      }
+      auto [kk, vv] = c.append(cfg_.prefix, C, sl.n_compressed);
+      std::copy_n(k.data(), size_t(sl.n_compressed) * C, kk);
+      std::copy_n(v.data(), size_t(sl.n_compressed) * C, vv);
     }
-    const int first = sl.next - sl.buffer.size();
-    for (int i = 0; i < sl.buffer.size(); ++i) {
-      auto [k, v] = c.append(first + i, C);
-      sl.buffer.read(i, k, v);
+    {
+      auto [k, v] = c.append(sl.next - sl.buffer.size(), C, sl.buffer.size());
+      sl.buffer.read(0, sl.buffer.size(), k, v);
     }
     return c;
   }
@@ -415,10 +412,8 @@ class AquaKvPolicy final : public Policy {
     const int nb = sl.buffer.size(), count = nb + m;
     std::vector<float> xk(size_t(count) * C), xv(xk.size());
     std::vector<int32_t> pos;
-    for (int i = 0; i < nb; ++i) {
-      sl.buffer.read(i, &xk[size_t(i) * C], &xv[size_t(i) * C]);
-      pos.push_back(sl.next - n - nb + i);
-    }
+    sl.buffer.read(0, nb, xk.data(), xv.data());
+    for (int i = 0; i < nb; ++i) pos.push_back(sl.next - n - nb + i);
     ctx_.rope->unrotate(xk.data(), nb, ctx_.geometry.n_kv_heads, pos.data());
     std::copy_n(k + size_t(t) * C, size_t(m) * C, &xk[size_t(nb) * C]);
     std::copy_n(v + size_t(t) * C, size_t(m) * C, &xv[size_t(nb) * C]);

@@ -91,17 +91,13 @@ class TieredPolicy final : public Policy {
     const int kv_dim = ctx_.geometry.kv_dim();
     LayerContents c;
     c.reserve(sl.sink.size() + sl.blocks.size() + sl.recent.size(), kv_dim);
-    std::vector<float> buf;
-    for (int i = 0; i < sl.sink.size(); ++i) {
-      c.append_written(i, kv_dim, buf, [&](float* k, float* v) { sl.sink.read(i, k, v); });
-    }
-    for (int i = 0; i < sl.blocks.size(); ++i) {
-      c.append_written(cfg_.sink + i, kv_dim, buf, [&](float* k, float* v) { sl.blocks.read(i, k, v); });
-    }
-    const int first = sl.next - sl.recent.size();
-    for (int i = 0; i < sl.recent.size(); ++i) {
-      c.append_written(first + i, kv_dim, buf, [&](float* k, float* v) { sl.recent.read(i, k, v); });
-    }
+    auto take = [&](int32_t first_pos, const auto& store) {
+      auto [k, v] = c.append(first_pos, kv_dim, store.size());
+      store.read(0, store.size(), k, v);
+    };
+    take(0, sl.sink);
+    take(cfg_.sink, sl.blocks);
+    take(sl.next - sl.recent.size(), sl.recent);
     return c;
   }
 
@@ -216,7 +212,7 @@ class TieredPolicy final : public Policy {
       // The oldest chunk of the recent tier, as stored (the exact format), becomes a block.
       const int kv_dim = ctx_.geometry.kv_dim();
       std::vector<float> ck(size_t(cfg_.chunk) * kv_dim), cv(ck.size());
-      for (int i = 0; i < cfg_.chunk; ++i) sl.recent.read(i, &ck[size_t(i) * kv_dim], &cv[size_t(i) * kv_dim]);
+      sl.recent.read(0, cfg_.chunk, ck.data(), cv.data());
       sl.blocks.append(ck.data(), cv.data(), cfg_.chunk, kv_dim);
       sl.recent.pop_front(cfg_.chunk);
     }

@@ -223,7 +223,7 @@ class XkvPolicy final : public Policy {
     const Slot& sl = slot(layer, seq);
     const Group& gr = group(group_of(layer), seq);
     LayerContents c;
-    for (int t = 0; t < gr.n; ++t) c.append(t, C);
+    c.append(0, C, gr.n);  // written head by head below
     for (int t0 = 0; t0 < gr.n; t0 += kTile) {
       const int nt = std::min(kTile, gr.n - t0);
       for (int h = 0; h < ctx_.geometry.n_kv_heads; ++h) {
@@ -238,9 +238,9 @@ class XkvPolicy final : public Policy {
         }
       }
     }
-    for (int i = 0; i < sl.dense.size(); ++i) {
-      auto [k, v] = c.append(gr.n + i, C);
-      sl.dense.read(i, k, v);
+    {
+      auto [k, v] = c.append(gr.n, C, sl.dense.size());
+      sl.dense.read(0, sl.dense.size(), k, v);
     }
     return c;
   }
