@@ -14,7 +14,6 @@ constexpr int64_t kAlign = 16;  // every array in the arena starts on 16 bytes
 
 int64_t aligned(int64_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
 
-
 // Bytes of one row of a block's data: a token's elements or codes, or a channel's codes.
 int64_t row_bytes(const KvBlock& b) {
   switch (b.format) {
