@@ -234,18 +234,21 @@ TEST_P(KvKernelTest, BatchInvariant) {
   }
 }
 
-// A kIntChannel block of several token groups gives, bit for bit, what each group gives as a
-// block of its own (channel_sub_block): whether the kernel splits it or takes the groups in one
-// pass (AVX2 integer scores), every output keeps its one sequence of operations.
 INSTANTIATE_TEST_SUITE_P(AllIsasAndFormats, KvKernelTest, ::testing::ValuesIn(all_cases()), case_name);
 
+// A kIntChannel block of several token groups gives, bit for bit, what each group gives as a
+// block of its own (channel_sub_block): whether the kernel splits it or takes the groups in one
+// pass (the AVX2 and the VNNI integer scores), every output keeps its one sequence of operations.
+// Shapes: a head size with a partial channel quadruple (17), SmolLM2's and Llama's, one above
+// the VNNI one-pass limit (264); groups that tile a 128-token page, span two of its tiles (96) or
+// are smaller than a vector's tokens (8); pages of 2 and 3 tiles with a partial last group.
 TEST(KvKernels, ChannelGroupsAreBlocksOfTheirOwn) {
   Rng rng(14);
   for (const Case& cs : all_cases()) {
     if (cs.format.format != KvFormat::kIntChannel) continue;
-    for (int d : {64, 128}) {
-      for (int group : {8, 32}) {
-        for (int n : {128, 100}) {
+    for (int d : {17, 64, 128, 264}) {
+      for (int group : {8, 32, 64, 96}) {
+        for (int n : {128, 100, 300}) {
           Format f = cs.format;
           f.group = group;
           const std::vector<float> x = kv_like(rng, n, d);

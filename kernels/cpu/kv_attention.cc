@@ -31,14 +31,17 @@ namespace {
 
 // kIntChannel blocks of several token groups (kv_format.h) go to the kernels one group at a
 // time, through a stack buffer of kSplitRows rows of one group, except on the paths that take
-// the groups in one pass themselves (avx2_int_scores_take): the same operations per output.
+// the groups in one pass themselves (the integer scores: avx2_int_scores_take,
+// vnni_scores_take): the same operations per output.
 constexpr int kSplitRows = 4;
 constexpr int kMaxSplitGroup = 512;  // tokens per group split this way (16 KiB of stack at most)
 
 bool split_groups(Isa isa, const KvBlock& b, bool scores) {
   if (b.format != KvFormat::kIntChannel || channel_groups(b) <= 1) return false;
   KVLAB_CHECK(b.group <= kMaxSplitGroup && (int64_t(b.group) * b.bits) % 8 == 0);
-  return !(scores && isa == Isa::kAvx2 && avx2_int_scores_take(b));
+  if (!scores) return true;
+  if (isa == Isa::kAvx512) return !vnni_scores_take(b);
+  return !(isa == Isa::kAvx2 && avx2_int_scores_take(b));
 }
 
 // f(group t as a block, its first token j0, first row r0, rows rc) for each token group and

@@ -321,10 +321,101 @@ KVLAB_TARGET_AVX512 inline void unsplit4_epi32(const __m512i (&f)[2][2], __m512i
   transpose_lanes_epi32(w, out);
 }
 
+// ---- kIntChannel 4- and 2-bit scores over pages of several token groups -------------------------
+// A page of KIVI groups (kv_format.h: a token group of >= 32 tokens starts on a byte) has the same
+// code bytes per channel as one group, so its tiles take the same passes; only the quantized query
+// differs from group to group. Every 128-bit lane of a pass's accumulators holds 16 tokens that
+// lie in one group when the groups are multiples of 32 tokens (4-bit pass P, lane L: tokens
+// 32 L + 16 P + 0..15 of the tile; 2-bit: 64 P + 16 L + 0..15), so a pass multiplies lane L's
+// codes by the query quantized against lane L's group: each score is, bit for bit, the score of
+// its group taken as a block of its own (the same integer sum, scaled by the same qs and z).
+
+constexpr int kTileGroups = 4;   // token groups a 128-token tile touches (groups of >= 32 tokens)
+constexpr int kMaxLaneD = 256;   // head sizes whose pages of several groups take one pass
+
+// The quantized query rows of each token group a tile touches: groups first .. first + count - 1.
+template <int R>
+struct TileGroups {
+  int first = -1, count = 0;
+  QuantQuery qq[kTileGroups][R];
+};
+
+template <int R>
+KVLAB_TARGET_AVX512_VNNI void tile_groups(const KvBlock& k, const float* q, int t0, TileGroups<R>& tg) {
+  const int group = channel_group_tokens(k);
+  const int first = t0 / group, end = std::min(channel_groups(k), (std::min(t0 + 128, k.n) - 1) / group + 1);
+  if (first == tg.first && end - first == tg.count) return;  // one group, the previous tile's
+  tg.first = first;
+  tg.count = end - first;
+  for (int g = first; g < end; ++g) quantize_query_rows<R>(channel_sub_block(k, g), q, tg.qq[g - first]);
+}
+
+// The query of one pass as its steps read it, per row: the int8 quadruple of channels 4i .. 4i+3
+// against the tokens of each 128-bit lane, and the step qs and zero term z of each lane's group.
+// One group in the pass (kLanes false): qd is that group's QuantQuery::qd, broadcast; several:
+// qd holds 16 dwords per quadruple, lane L's four the quadruple of lane L's group.
+template <int R>
+struct PassQuery {
+  const int32_t* qd[R];
+  __m512 qs[R], z[R];
+};
+
+template <int R, bool kLanes>
+KVLAB_TARGET_AVX512_VNNI inline __m512i query_quad(const PassQuery<R>& pq, int r, int c) {
+  if constexpr (kLanes) {
+    return _mm512_load_si512(pq.qd[r] + 4 * c);  // quadruple c / 4 at 16 (c / 4) dwords
+  } else {
+    return _mm512_set1_epi32(pq.qd[r][c / 4]);
+  }
+}
+
+// The pass query of a tile at t0 whose lane L starts at token t0 + lane_first[L]; lanes is the
+// storage of the lane vectors (R x kMaxLaneD / 4 x 16 dwords). Returns whether the lanes differ.
+template <int R>
+KVLAB_TARGET_AVX512_VNNI bool pass_query(const KvBlock& k, const TileGroups<R>& tg, int t0, const int (&lane_first)[4],
+                                         int32_t* lanes, PassQuery<R>& pq) {
+  const int group = channel_group_tokens(k), last = channel_groups(k) - 1;
+  int slot[4];
+  KVLAB_UNROLL
+  for (int L = 0; L < 4; ++L) slot[L] = std::min((t0 + lane_first[L]) / group, last) - tg.first;
+  if (slot[0] == slot[1] && slot[0] == slot[2] && slot[0] == slot[3]) {
+    KVLAB_UNROLL
+    for (int r = 0; r < R; ++r) {
+      const QuantQuery& g = tg.qq[slot[0]][r];
+      pq.qd[r] = g.qd;
+      pq.qs[r] = _mm512_set1_ps(g.qs);
+      pq.z[r] = _mm512_set1_ps(g.z);
+    }
+    return false;
+  }
+  const int quads = (k.d + 3) / 4;
+  KVLAB_UNROLL
+  for (int r = 0; r < R; ++r) {
+    int32_t* out = lanes + r * (kMaxLaneD / 4 * 16);
+    __m512 qs = _mm512_setzero_ps(), z = _mm512_setzero_ps();
+    KVLAB_UNROLL
+    for (int L = 0; L < 4; ++L) {
+      const __mmask16 m = __mmask16(0xf << (4 * L));
+      qs = _mm512_mask_mov_ps(qs, m, _mm512_set1_ps(tg.qq[slot[L]][r].qs));
+      z = _mm512_mask_mov_ps(z, m, _mm512_set1_ps(tg.qq[slot[L]][r].z));
+    }
+    for (int i = 0; i < quads; ++i) {
+      __m512i v = _mm512_setzero_si512();
+      KVLAB_UNROLL
+      for (int L = 0; L < 4; ++L) v = _mm512_mask_set1_epi32(v, __mmask16(0xf << (4 * L)), tg.qq[slot[L]][r].qd[i]);
+      _mm512_store_si512(out + 16 * i, v);
+    }
+    pq.qd[r] = out;
+    pq.qs[r] = qs;
+    pq.z[r] = z;
+  }
+  return true;
+}
+
 // 4-bit keys: per tile of 128 tokens (64 bytes of each channel) two passes of 64 tokens, each
 // with 16 accumulators (R = 4).
-template <int R, int P, bool kTail>
-KVLAB_TARGET_AVX512_VNNI inline void channel4_step(const KvBlock& k, const QuantQuery (&qq)[R], int c, int64_t off,
+template <int R, int P, bool kTail, bool kLanes>
+KVLAB_TARGET_AVX512_VNNI inline void channel4_step(const KvBlock& k, const PassQuery<R>& pq, int c, int64_t off,
                                                    __mmask64 lm, __m512i (&acc)[R][2][2]) {
   __m512i x[4];
   KVLAB_UNROLL
@@ -336,7 +427,7 @@ KVLAB_TARGET_AVX512_VNNI inline void channel4_step(const KvBlock& k, const Quant
   split4<P>(x, v);
   KVLAB_UNROLL
   for (int r = 0; r < R; ++r) {
-    const __m512i qb = _mm512_set1_epi32(qq[r].qd[c / 4]);
+    const __m512i qb = query_quad<R, kLanes>(pq, r, c);
     KVLAB_UNROLL
     for (int kk = 0; kk < 2; ++kk) {
       KVLAB_UNROLL
@@ -345,8 +436,8 @@ KVLAB_TARGET_AVX512_VNNI inline void channel4_step(const KvBlock& k, const Quant
   }
 }
 
-template <int R, int P>
-KVLAB_TARGET_AVX512_VNNI void channel4_pass(const KvBlock& k, const QuantQuery (&qq)[R], int t0, float* s,
+template <int R, int P, bool kLanes>
+KVLAB_TARGET_AVX512_VNNI void channel4_pass(const KvBlock& k, const PassQuery<R>& pq, int t0, float* s,
                                             const ReadAhead& ah) {
   const int n = k.n, d = k.d;
   const int64_t off = t0 / 2;
@@ -360,15 +451,16 @@ KVLAB_TARGET_AVX512_VNNI void channel4_pass(const KvBlock& k, const QuantQuery (
   int c = 0;
   for (; c + 4 <= d; c += 4) {
     if (P == 0) read_ahead_lines(ah, int64_t(c) * k.stride, 4 * k.stride);
-    channel4_step<R, P, false>(k, qq, c, off, lm, acc);
+    channel4_step<R, P, false, kLanes>(k, pq, c, off, lm, acc);
   }
-  if (c < d) channel4_step<R, P, true>(k, qq, c, off, lm, acc);
+  if (c < d) channel4_step<R, P, true, kLanes>(k, pq, c, off, lm, acc);
   KVLAB_UNROLL
   for (int r = 0; r < R; ++r) {
-    const __m512 qs = _mm512_set1_ps(qq[r].qs), z = _mm512_set1_ps(qq[r].z);
     __m512 f[2][2], o[4];
     KVLAB_UNROLL
-    for (int i = 0; i < 4; ++i) f[i / 2][i % 2] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][i / 2][i % 2]), qs, z);
+    for (int i = 0; i < 4; ++i) {
+      f[i / 2][i % 2] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][i / 2][i % 2]), pq.qs[r], pq.z[r]);
+    }
     unsplit4_ps(f, o);
     KVLAB_UNROLL
     for (int L = 0; L < 4; ++L) {
@@ -381,8 +473,8 @@ KVLAB_TARGET_AVX512_VNNI void channel4_pass(const KvBlock& k, const QuantQuery (
 // 2-bit keys: per tile of 128 tokens (32 bytes of each channel) two passes of 64 tokens. Four
 // channels' bytes are gathered into two vectors (one load each when the channels are 32 bytes
 // apart) and interleaved by one vpermt2b.
-template <int R, int P, bool kTail, bool kPacked>
-KVLAB_TARGET_AVX512_VNNI inline void channel2_step(const KvBlock& k, const QuantQuery (&qq)[R], int c, int64_t off,
+template <int R, int P, bool kTail, bool kPacked, bool kLanes>
+KVLAB_TARGET_AVX512_VNNI inline void channel2_step(const KvBlock& k, const PassQuery<R>& pq, int c, int64_t off,
                                                    __mmask32 lm, __m512i (&acc)[R][4]) {
   __m512i x[2];
   KVLAB_UNROLL
@@ -402,14 +494,14 @@ KVLAB_TARGET_AVX512_VNNI inline void channel2_step(const KvBlock& k, const Quant
   split2<P>(x[0], x[1], v);
   KVLAB_UNROLL
   for (int r = 0; r < R; ++r) {
-    const __m512i qb = _mm512_set1_epi32(qq[r].qd[c / 4]);
+    const __m512i qb = query_quad<R, kLanes>(pq, r, c);
     KVLAB_UNROLL
     for (int e = 0; e < 4; ++e) dpbusd(acc[r][e], v[e], qb);
   }
 }
 
-template <int R, int P, bool kPacked>
-KVLAB_TARGET_AVX512_VNNI void channel2_pass(const KvBlock& k, const QuantQuery (&qq)[R], int t0, float* s,
+template <int R, int P, bool kPacked, bool kLanes>
+KVLAB_TARGET_AVX512_VNNI void channel2_pass(const KvBlock& k, const PassQuery<R>& pq, int t0, float* s,
                                             const ReadAhead& ah) {
   const int n = k.n, d = k.d;
   const int64_t off = t0 / 4;
@@ -423,15 +515,14 @@ KVLAB_TARGET_AVX512_VNNI void channel2_pass(const KvBlock& k, const QuantQuery (
   int c = 0;
   for (; c + 4 <= d; c += 4) {
     if (P == 0) read_ahead_lines(ah, int64_t(c) * k.stride, 4 * k.stride);
-    channel2_step<R, P, false, kPacked>(k, qq, c, off, lm, acc);
+    channel2_step<R, P, false, kPacked, kLanes>(k, pq, c, off, lm, acc);
   }
-  if (c < d) channel2_step<R, P, true, kPacked>(k, qq, c, off, lm, acc);
+  if (c < d) channel2_step<R, P, true, kPacked, kLanes>(k, pq, c, off, lm, acc);
   KVLAB_UNROLL
   for (int r = 0; r < R; ++r) {
-    const __m512 qs = _mm512_set1_ps(qq[r].qs), z = _mm512_set1_ps(qq[r].z);
     __m512 f[4], o[4];
     KVLAB_UNROLL
-    for (int e = 0; e < 4; ++e) f[e] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][e]), qs, z);
+    for (int e = 0; e < 4; ++e) f[e] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][e]), pq.qs[r], pq.z[r]);
     unsplit2_ps(f, o);
     KVLAB_UNROLL
     for (int L = 0; L < 4; ++L) {
@@ -441,24 +532,63 @@ KVLAB_TARGET_AVX512_VNNI void channel2_pass(const KvBlock& k, const QuantQuery (
   }
 }
 
+template <int R, int P, bool kLanes>
+KVLAB_TARGET_AVX512_VNNI inline void channel24_pass(const KvBlock& k, const PassQuery<R>& pq, int t0, float* s,
+                                                    const ReadAhead& ah) {
+  if (k.bits == 4) {
+    channel4_pass<R, P, kLanes>(k, pq, t0, s, ah);
+  } else if (k.stride == 32) {
+    channel2_pass<R, P, true, kLanes>(k, pq, t0, s, ah);
+  } else {
+    channel2_pass<R, P, false, kLanes>(k, pq, t0, s, ah);
+  }
+}
+
+// Pass P of a tile at t0 of a page of several groups, with the query of its lanes' groups.
+template <int R, int P>
+KVLAB_TARGET_AVX512_VNNI inline void channel24_group_pass(const KvBlock& k, const TileGroups<R>& tg, int32_t* lanes,
+                                                          int t0, float* s, const ReadAhead& ah) {
+  const bool four = k.bits == 4;
+  const int lane_first[4] = {four ? 16 * P : 64 * P, four ? 32 + 16 * P : 64 * P + 16,
+                             four ? 64 + 16 * P : 64 * P + 32, four ? 96 + 16 * P : 64 * P + 48};
+  PassQuery<R> pq;
+  if (pass_query(k, tg, t0, lane_first, lanes, pq)) {
+    channel24_pass<R, P, true>(k, pq, t0, s, ah);
+  } else {
+    channel24_pass<R, P, false>(k, pq, t0, s, ah);
+  }
+}
+
 template <int R>
 KVLAB_TARGET_AVX512_VNNI void int_channel_scores_vnni24_rows(const KvBlock& k, const float* q, float* s) {
-  QuantQuery qq[R];
+  const int groups = channel_groups(k);
   const ReadAhead ah = read_ahead(k.data, int64_t(k.d) * k.stride);
-  read_ahead_meta(k.scale, k.zero, 2 * int64_t(k.d));
-  quantize_query_rows<R>(k, q, qq);
-  for (int t0 = 0; t0 < k.n; t0 += 128) {
-    const ReadAhead& a = t0 == 0 ? ah : ReadAhead();  // the first tile's pass reads every line
-    if (k.bits == 4) {
-      channel4_pass<R, 0>(k, qq, t0, s, a);
-      if (t0 + 16 < k.n) channel4_pass<R, 1>(k, qq, t0, s, a);
-    } else if (k.stride == 32) {
-      channel2_pass<R, 0, true>(k, qq, t0, s, a);
-      if (t0 + 64 < k.n) channel2_pass<R, 1, true>(k, qq, t0, s, a);
-    } else {
-      channel2_pass<R, 0, false>(k, qq, t0, s, a);
-      if (t0 + 64 < k.n) channel2_pass<R, 1, false>(k, qq, t0, s, a);
+  read_ahead_meta(k.scale, k.zero, 2 * int64_t(k.d) * groups);
+  const int second = k.bits == 4 ? 16 : 64;  // pass 1's first token in a tile
+  if (groups == 1) {
+    QuantQuery qq[R];
+    quantize_query_rows<R>(k, q, qq);
+    PassQuery<R> pq;
+    KVLAB_UNROLL
+    for (int r = 0; r < R; ++r) {
+      pq.qd[r] = qq[r].qd;
+      pq.qs[r] = _mm512_set1_ps(qq[r].qs);
+      pq.z[r] = _mm512_set1_ps(qq[r].z);
     }
+    for (int t0 = 0; t0 < k.n; t0 += 128) {
+      const ReadAhead& a = t0 == 0 ? ah : ReadAhead();  // the first tile's pass reads every line
+      channel24_pass<R, 0, false>(k, pq, t0, s, a);
+      if (t0 + second < k.n) channel24_pass<R, 1, false>(k, pq, t0, s, a);
+    }
+    return;
+  }
+  TileGroups<R> tg;
+  alignas(64) int32_t lanes[R * (kMaxLaneD / 4) * 16];
+  for (int t0 = 0; t0 < k.n; t0 += 128) {
+    tile_groups(k, q, t0, tg);
+    const ReadAhead& a = t0 == 0 ? ah : ReadAhead();
+    channel24_group_pass<R, 0>(k, tg, lanes, t0, s, a);
+    if (t0 + second < k.n) channel24_group_pass<R, 1>(k, tg, lanes, t0, s, a);
   }
 }
 
@@ -938,8 +1068,11 @@ KVLAB_TARGET_AVX512_VNNI void int_token_scores_vnni_rows(const KvBlock& k, const
 }
 
 // Which packed blocks take the integer (VNNI) paths on AVX-512.
+// Pages of several token groups: 2/4-bit in one pass (groups of 32k tokens, heads up to
+// kMaxLaneD); the others are split into their groups (kv_attention.cc).
 bool vnni_keys(const KvBlock& k) {
-  return k.format == KvFormat::kIntChannel && k.bits <= 4 && cpu_has_vnni_vbmi();
+  if (k.format != KvFormat::kIntChannel || k.bits > 4 || !cpu_has_vnni_vbmi()) return false;
+  return channel_groups(k) <= 1 || (k.bits != 3 && channel_group_tokens(k) % 32 == 0 && k.d <= kMaxLaneD);
 }
 bool vnni_token_keys(const KvBlock& k) {
   return k.format == KvFormat::kIntToken && k.bits <= 4 && k.d == 128 && k.group % 32 == 0 && cpu_has_vnni_vbmi();
@@ -956,7 +1089,11 @@ bool vnni_values(const KvBlock& v) {
 // integer paths (kv_int_avx2.cc: vpmaddwd / vpmaddubsw on 256 bits), which every AVX-512 CPU runs:
 // int8 at 32K, 8B layout, from memory, 13.3 -> 7.2 ms against the f32 path (docs/results.md).
 bool vnni_scores_take(const KvBlock& k) {
-  return k.d <= kMaxSimdD && (vnni_keys(k) || vnni_token_keys(k) || avx2_int_scores_take(k));
+  if (k.d > kMaxSimdD) return false;
+  if (vnni_keys(k) || vnni_token_keys(k)) return true;
+  // A page whose groups VNNI takes one by one is split, so that each score is its group's own.
+  if (channel_groups(k) > 1 && vnni_keys(channel_sub_block(k, 0))) return false;
+  return avx2_int_scores_take(k);
 }
 
 bool vnni_accumulate_take(const KvBlock& v) {
