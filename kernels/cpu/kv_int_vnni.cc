@@ -121,6 +121,24 @@ KVLAB_TARGET_AVX512_VNNI inline __mmask64 mask64(int64_t count) {
   return count >= 64 ? ~__mmask64(0) : (count <= 0 ? __mmask64(0) : (__mmask64(1) << count) - 1);
 }
 
+// The operand quantizers' step (query: 127 levels each side, int8; probabilities: 255, uint8):
+// step = max / levels and its inverse, both 0 for max <= 0 (or NaN).
+struct QuantStep {
+  float step, inv;
+};
+inline QuantStep quant_step(float max, float levels) {
+  return max > 0.0f ? QuantStep{max / levels, levels / max} : QuantStep{0.0f, 0.0f};
+}
+
+// qi = round(v / step) in int32 lanes, and res += v - step * qi (the rounding's residual, whose
+// sum the zero terms take).
+KVLAB_TARGET_AVX512 inline __m512i quantize16(__m512 v, const QuantStep& s, __m512& res) {
+  const __m512i qi = _mm512_cvt_roundps_epi32(_mm512_mul_ps(v, _mm512_set1_ps(s.inv)),
+                                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  res = _mm512_add_ps(res, _mm512_fnmadd_ps(_mm512_set1_ps(s.step), _mm512_cvtepi32_ps(qi), v));
+  return qi;
+}
+
 // Per-row quantized query of one kIntChannel block.
 struct QuantQuery {
   alignas(64) int32_t qd[kMaxSimdD / 4];  // qi of channels 4i .. 4i+3, one byte each
@@ -153,20 +171,15 @@ KVLAB_TARGET_AVX512_VNNI void quantize_query_rows(const KvBlock& k, const float*
   const float m_half = float((1 << k.bits) - 1) * 0.5f;
   KVLAB_UNROLL
   for (int r = 0; r < R; ++r) {
-    const float mx = _mm512_reduce_max_ps(amax[r]);
-    const float qs = mx > 0.0f ? mx / 127.0f : 0.0f;
-    const float inv = mx > 0.0f ? 127.0f / mx : 0.0f;
+    const QuantStep st = quant_step(_mm512_reduce_max_ps(amax[r]), 127.0f);
     __m512 dacc = _mm512_setzero_ps();
     uint8_t* qb = reinterpret_cast<uint8_t*>(out[r].qd);
-    for (int c = 0; c < d; c += 16) {
-      const __m512 v = _mm512_load_ps(qp[r] + c);  // 0 beyond d (masked loads above)
-      const __m512i qi = _mm512_cvt_roundps_epi32(_mm512_mul_ps(v, _mm512_set1_ps(inv)),
-                                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      dacc = _mm512_add_ps(dacc, _mm512_fnmadd_ps(_mm512_set1_ps(qs), _mm512_cvtepi32_ps(qi), v));
+    for (int c = 0; c < d; c += 16) {  // qp is 0 beyond d (masked loads above)
+      const __m512i qi = quantize16(_mm512_load_ps(qp[r] + c), st, dacc);
       _mm_storeu_si128(reinterpret_cast<__m128i*>(qb + c), _mm512_cvtsepi32_epi8(qi));
     }
     for (int c = d; c < ((d + 3) & ~3); ++c) qb[c] = 0;
-    out[r].qs = qs;
+    out[r].qs = st.step;
     out[r].z = std::fma(m_half, hsum16(dacc), hsum16(zacc[r]));
   }
 }
@@ -330,14 +343,19 @@ KVLAB_TARGET_AVX512 inline void unsplit4_epi32(const __m512i (&f)[2][2], __m512i
 // codes by the query quantized against lane L's group: each score is, bit for bit, the score of
 // its group taken as a block of its own (the same integer sum, scaled by the same qs and z).
 
-constexpr int kTileGroups = 4;   // token groups a 128-token tile touches (groups of >= 32 tokens)
-constexpr int kMaxLaneD = 256;   // head sizes whose pages of several groups take one pass
+constexpr int kTileGroups = 4;  // token groups a 128-token tile touches (groups of >= 32 tokens)
+constexpr int kMaxLaneD = 256;  // head sizes whose pages of several groups take one pass
 
-// The quantized query rows of each token group a tile touches: groups first .. first + count - 1.
+// The quantized query rows of each token group a tile touches (groups first .. first + count - 1,
+// slot s = group first + s), and per row the quadruples of every slot side by side:
+// qt[r][4 i + s] = qq[s][r].qd[i], so that one vpermd of the 16 bytes at 4 i gives a pass's
+// vector of quadruple i for any assignment of slots to lanes.
 template <int R>
 struct TileGroups {
   int first = -1, count = 0;
   QuantQuery qq[kTileGroups][R];
+  alignas(64) int32_t qt[R][kMaxLaneD + 16];  // + 16: a 64-byte load at the last quadruple
+  alignas(16) float qs[R][kTileGroups], z[R][kTileGroups];
 };
 
 template <int R>
@@ -348,68 +366,69 @@ KVLAB_TARGET_AVX512_VNNI void tile_groups(const KvBlock& k, const float* q, int 
   tg.first = first;
   tg.count = end - first;
   for (int g = first; g < end; ++g) quantize_query_rows<R>(channel_sub_block(k, g), q, tg.qq[g - first]);
+  KVLAB_UNROLL
+  for (int r = 0; r < R; ++r) {
+    for (int s = 0; s < kTileGroups; ++s) {
+      tg.qs[r][s] = s < tg.count ? tg.qq[s][r].qs : 0.0f;
+      tg.z[r][s] = s < tg.count ? tg.qq[s][r].z : 0.0f;
+    }
+    if (tg.count == 1) continue;
+    for (int i = 0; i < (k.d + 3) / 4; i += 16) {  // 16 quadruples of 4 slots: two 4 x 4 transposes
+      __m512i a[4], t[4], o[4];
+      KVLAB_UNROLL
+      for (int s = 0; s < 4; ++s) a[s] = s < tg.count ? _mm512_load_si512(tg.qq[s][r].qd + i) : _mm512_setzero_si512();
+      const __m512i u0 = _mm512_unpacklo_epi32(a[0], a[1]), u1 = _mm512_unpackhi_epi32(a[0], a[1]);
+      const __m512i u2 = _mm512_unpacklo_epi32(a[2], a[3]), u3 = _mm512_unpackhi_epi32(a[2], a[3]);
+      t[0] = _mm512_unpacklo_epi64(u0, u2);  // lane L: the slots' quadruple i + 4 L + 0
+      t[1] = _mm512_unpackhi_epi64(u0, u2);
+      t[2] = _mm512_unpacklo_epi64(u1, u3);
+      t[3] = _mm512_unpackhi_epi64(u1, u3);
+      transpose_lanes_epi32(t, o);  // o[L]: quadruples i + 4 L .. i + 4 L + 3
+      KVLAB_UNROLL
+      for (int L = 0; L < 4; ++L) _mm512_store_si512(tg.qt[r] + 4 * (i + 4 * L), o[L]);
+    }
+  }
 }
 
 // The query of one pass as its steps read it, per row: the int8 quadruple of channels 4i .. 4i+3
 // against the tokens of each 128-bit lane, and the step qs and zero term z of each lane's group.
 // One group in the pass (kLanes false): qd is that group's QuantQuery::qd, broadcast; several:
-// qd holds 16 dwords per quadruple, lane L's four the quadruple of lane L's group.
+// qd is TileGroups::qt and idx puts slot s's dword in the lanes of group first + s.
 template <int R>
 struct PassQuery {
   const int32_t* qd[R];
+  __m512i idx;
   __m512 qs[R], z[R];
 };
 
 template <int R, bool kLanes>
 KVLAB_TARGET_AVX512_VNNI inline __m512i query_quad(const PassQuery<R>& pq, int r, int c) {
   if constexpr (kLanes) {
-    return _mm512_load_si512(pq.qd[r] + 4 * c);  // quadruple c / 4 at 16 (c / 4) dwords
+    return _mm512_permutexvar_epi32(pq.idx, _mm512_loadu_si512(pq.qd[r] + c));  // quadruple c / 4 at 4 (c / 4)
   } else {
     return _mm512_set1_epi32(pq.qd[r][c / 4]);
   }
 }
 
-// The pass query of a tile at t0 whose lane L starts at token t0 + lane_first[L]; lanes is the
-// storage of the lane vectors (R x kMaxLaneD / 4 x 16 dwords). Returns whether the lanes differ.
+// The pass query of a tile at t0 whose lane L starts at token t0 + lane_first[L]. Returns whether
+// the lanes' groups differ.
 template <int R>
 KVLAB_TARGET_AVX512_VNNI bool pass_query(const KvBlock& k, const TileGroups<R>& tg, int t0, const int (&lane_first)[4],
-                                         int32_t* lanes, PassQuery<R>& pq) {
+                                         PassQuery<R>& pq) {
   const int group = channel_group_tokens(k), last = channel_groups(k) - 1;
   int slot[4];
   KVLAB_UNROLL
   for (int L = 0; L < 4; ++L) slot[L] = std::min((t0 + lane_first[L]) / group, last) - tg.first;
-  if (slot[0] == slot[1] && slot[0] == slot[2] && slot[0] == slot[3]) {
-    KVLAB_UNROLL
-    for (int r = 0; r < R; ++r) {
-      const QuantQuery& g = tg.qq[slot[0]][r];
-      pq.qd[r] = g.qd;
-      pq.qs[r] = _mm512_set1_ps(g.qs);
-      pq.z[r] = _mm512_set1_ps(g.z);
-    }
-    return false;
-  }
-  const int quads = (k.d + 3) / 4;
+  const bool several = slot[0] != slot[1] || slot[0] != slot[2] || slot[0] != slot[3];
+  pq.idx = _mm512_setr_epi32(slot[0], slot[0], slot[0], slot[0], slot[1], slot[1], slot[1], slot[1], slot[2],
+                             slot[2], slot[2], slot[2], slot[3], slot[3], slot[3], slot[3]);
   KVLAB_UNROLL
   for (int r = 0; r < R; ++r) {
-    int32_t* out = lanes + r * (kMaxLaneD / 4 * 16);
-    __m512 qs = _mm512_setzero_ps(), z = _mm512_setzero_ps();
-    KVLAB_UNROLL
-    for (int L = 0; L < 4; ++L) {
-      const __mmask16 m = __mmask16(0xf << (4 * L));
-      qs = _mm512_mask_mov_ps(qs, m, _mm512_set1_ps(tg.qq[slot[L]][r].qs));
-      z = _mm512_mask_mov_ps(z, m, _mm512_set1_ps(tg.qq[slot[L]][r].z));
-    }
-    for (int i = 0; i < quads; ++i) {
-      __m512i v = _mm512_setzero_si512();
-      KVLAB_UNROLL
-      for (int L = 0; L < 4; ++L) v = _mm512_mask_set1_epi32(v, __mmask16(0xf << (4 * L)), tg.qq[slot[L]][r].qd[i]);
-      _mm512_store_si512(out + 16 * i, v);
-    }
-    pq.qd[r] = out;
-    pq.qs[r] = qs;
-    pq.z[r] = z;
+    pq.qd[r] = several ? tg.qt[r] : tg.qq[slot[0]][r].qd;
+    pq.qs[r] = _mm512_permutexvar_ps(pq.idx, _mm512_castps128_ps512(_mm_load_ps(tg.qs[r])));
+    pq.z[r] = _mm512_permutexvar_ps(pq.idx, _mm512_castps128_ps512(_mm_load_ps(tg.z[r])));
   }
-  return true;
+  return several;
 }
 
 // 4-bit keys: per tile of 128 tokens (64 bytes of each channel) two passes of 64 tokens, each
@@ -546,13 +565,13 @@ KVLAB_TARGET_AVX512_VNNI inline void channel24_pass(const KvBlock& k, const Pass
 
 // Pass P of a tile at t0 of a page of several groups, with the query of its lanes' groups.
 template <int R, int P>
-KVLAB_TARGET_AVX512_VNNI inline void channel24_group_pass(const KvBlock& k, const TileGroups<R>& tg, int32_t* lanes,
-                                                          int t0, float* s, const ReadAhead& ah) {
+KVLAB_TARGET_AVX512_VNNI inline void channel24_group_pass(const KvBlock& k, const TileGroups<R>& tg, int t0, float* s,
+                                                          const ReadAhead& ah) {
   const bool four = k.bits == 4;
   const int lane_first[4] = {four ? 16 * P : 64 * P, four ? 32 + 16 * P : 64 * P + 16,
                              four ? 64 + 16 * P : 64 * P + 32, four ? 96 + 16 * P : 64 * P + 48};
   PassQuery<R> pq;
-  if (pass_query(k, tg, t0, lane_first, lanes, pq)) {
+  if (pass_query(k, tg, t0, lane_first, pq)) {
     channel24_pass<R, P, true>(k, pq, t0, s, ah);
   } else {
     channel24_pass<R, P, false>(k, pq, t0, s, ah);
@@ -583,12 +602,11 @@ KVLAB_TARGET_AVX512_VNNI void int_channel_scores_vnni24_rows(const KvBlock& k, c
     return;
   }
   TileGroups<R> tg;
-  alignas(64) int32_t lanes[R * (kMaxLaneD / 4) * 16];
   for (int t0 = 0; t0 < k.n; t0 += 128) {
     tile_groups(k, q, t0, tg);
     const ReadAhead& a = t0 == 0 ? ah : ReadAhead();
-    channel24_group_pass<R, 0>(k, tg, lanes, t0, s, a);
-    if (t0 + second < k.n) channel24_group_pass<R, 1>(k, tg, lanes, t0, s, a);
+    channel24_group_pass<R, 0>(k, tg, t0, s, a);
+    if (t0 + second < k.n) channel24_group_pass<R, 1>(k, tg, t0, s, a);
   }
 }
 
@@ -628,53 +646,72 @@ constexpr QuadTables make_quad_tables() {
 }
 constexpr QuadTables kQuad = make_quad_tables();
 
-KVLAB_TARGET_AVX512_VNNI void quantize_probs(const KvBlock& v, const float* p, int j0, int nc, QuantProbs* out) {
+// Probabilities of R rows (n floats apart) for the chunk of nc tokens at j0: each row quantized
+// alone, as the comment above the integer paths says; the scales and zeros converted once for all
+// rows. The bytes are put in [token quad][group] order in registers (a vpermb per 64 entries;
+// none for G = 1, whose token order is that order). kG1: G = 1, no lane replication or folds.
+template <int R, bool kG1>
+KVLAB_TARGET_AVX512_VNNI void quantize_probs(const KvBlock& v, const float* p, int n, int j0, int nc,
+                                             QuantProbs* out) {
   const int G = groups_of(v);
   const int lg = __builtin_ctz(unsigned(G));
   const int entries = nc * G;
-  alignas(64) float pp[kVnniMaxTokens * 16];
-  alignas(64) uint8_t pb[kVnniMaxTokens * 16];
+  alignas(64) float pp[R][kVnniMaxTokens * 16];
   // Lane i of an entry vector e0 .. e0+15 is token (e0 + i) / G, group i % G.
   const __m512i rep = _mm512_srli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), lg);
-  __m512 mx = _mm512_setzero_ps(), zacc = _mm512_setzero_ps();
+  __m512 mx[R], zacc[R];
+  KVLAB_UNROLL
+  for (int r = 0; r < R; ++r) mx[r] = zacc[r] = _mm512_setzero_ps();
   const uint16_t* scale = v.scale + int64_t(j0) * G;
   const uint16_t* zero = v.zero + int64_t(j0) * G;
   for (int e = 0; e < entries; e += 16) {
-    const __mmask16 m = mask16(entries - e);
-    const __m512 pr = _mm512_permutexvar_ps(rep, _mm512_maskz_loadu_ps(mask16((entries - e + G - 1) >> lg), p + j0 + (e >> lg)));
-    const __m512 pv = _mm512_maskz_mov_ps(m, pr);
-    const __m512 v1 = _mm512_mul_ps(pv, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, scale + e)));
-    _mm512_store_ps(pp + e, v1);
-    mx = _mm512_max_ps(mx, v1);
-    zacc = _mm512_fmadd_ps(pv, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, zero + e)), zacc);
-  }
-  const float pmax = _mm512_reduce_max_ps(mx);
-  const float ps = pmax > 0.0f ? pmax / 255.0f : 0.0f;
-  const float inv = pmax > 0.0f ? 255.0f / pmax : 0.0f;
-  __m512 dacc = _mm512_setzero_ps();
-  const int padded = (entries + 63) & ~63;
-  for (int e = 0; e < padded; e += 16) {
-    if (e >= entries) {
-      _mm_store_si128(reinterpret_cast<__m128i*>(pb + e), _mm_setzero_si128());
-      continue;
+    const __mmask16 m = mask16(entries - e), mt = mask16((entries - e + G - 1) >> lg);
+    const __m512 sc = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, scale + e));
+    const __m512 zr = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, zero + e));
+    KVLAB_UNROLL
+    for (int r = 0; r < R; ++r) {
+      const __m512 pv =
+          kG1 ? _mm512_maskz_loadu_ps(m, p + r * n + j0 + e)
+              : _mm512_maskz_mov_ps(m, _mm512_permutexvar_ps(rep, _mm512_maskz_loadu_ps(mt, p + r * n + j0 + (e >> lg))));
+      const __m512 v1 = _mm512_mul_ps(pv, sc);
+      _mm512_store_ps(pp[r] + e, v1);
+      mx[r] = _mm512_max_ps(mx[r], v1);
+      zacc[r] = _mm512_fmadd_ps(pv, zr, zacc[r]);
     }
-    const __m512 v1 = _mm512_load_ps(pp + e);  // 0 in lanes beyond the chunk
-    const __m512i qi = _mm512_cvt_roundps_epi32(_mm512_mul_ps(v1, _mm512_set1_ps(inv)),
-                                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    dacc = _mm512_add_ps(dacc, _mm512_fnmadd_ps(_mm512_set1_ps(ps), _mm512_cvtepi32_ps(qi), v1));
-    _mm_store_si128(reinterpret_cast<__m128i*>(pb + e), _mm512_cvtusepi32_epi8(qi));
   }
   const __m512i qidx = _mm512_load_si512(kQuad.idx[lg]);
-  uint8_t* pd = reinterpret_cast<uint8_t*>(out->pd);
-  for (int e = 0; e < padded; e += 64) {
-    _mm512_store_si512(pd + e, _mm512_permutexvar_epi8(qidx, _mm512_load_si512(pb + e)));
-  }
-  alignas(64) float dg[16], zgs[16];
-  _mm512_store_ps(dg, fold_groups(dacc, G));
-  _mm512_store_ps(zgs, fold_groups(zacc, G));
   const float m_half = float((1 << v.bits) - 1) * 0.5f;
-  out->ps = ps;
-  for (int g = 0; g < G; ++g) out->zg[g] = std::fma(m_half, dg[g], zgs[g]);
+  const int padded = (entries + 63) & ~63;
+  KVLAB_UNROLL
+  for (int r = 0; r < R; ++r) {
+    const QuantStep st = quant_step(_mm512_reduce_max_ps(mx[r]), 255.0f);
+    __m512 dacc = _mm512_setzero_ps();
+    uint8_t* pd = reinterpret_cast<uint8_t*>(out[r].pd);
+    for (int e = 0; e < padded; e += 64) {
+      __m128i b[4];
+      KVLAB_UNROLL
+      for (int i = 0; i < 4; ++i) {
+        if (e + 16 * i >= entries) {
+          b[i] = _mm_setzero_si128();
+          continue;
+        }
+        // pp is 0 in lanes beyond the chunk
+        b[i] = _mm512_cvtusepi32_epi8(quantize16(_mm512_load_ps(pp[r] + e + 16 * i), st, dacc));
+      }
+      const __m512i bytes = _mm512_inserti64x4(
+          _mm512_castsi256_si512(_mm256_set_m128i(b[1], b[0])), _mm256_set_m128i(b[3], b[2]), 1);
+      _mm512_store_si512(pd + e, kG1 ? bytes : _mm512_permutexvar_epi8(qidx, bytes));
+    }
+    out[r].ps = st.step;
+    if constexpr (kG1) {
+      out[r].zg[0] = std::fma(m_half, hsum16(dacc), hsum16(zacc[r]));
+    } else {
+      alignas(64) float dg[16], zgs[16];
+      _mm512_store_ps(dg, fold_groups(dacc, G));
+      _mm512_store_ps(zgs, fold_groups(zacc[r], G));
+      for (int g = 0; g < G; ++g) out[r].zg[g] = std::fma(m_half, dg[g], zgs[g]);
+    }
+  }
 }
 
 template <int R>
@@ -687,8 +724,11 @@ KVLAB_TARGET_AVX512_VNNI void int_token_acc_vnni_rows(const KvBlock& v, const fl
   read_ahead_meta(v.scale, v.zero, 2 * int64_t(n) * G);
   for (int j0 = 0; j0 < n; j0 += kVnniMaxTokens) {
     const int nc = std::min(kVnniMaxTokens, n - j0);
-    KVLAB_UNROLL
-    for (int r = 0; r < R; ++r) quantize_probs(v, p + r * n, j0, nc, &qp[r]);
+    if (G == 1) {
+      quantize_probs<R, true>(v, p, n, j0, nc, qp);
+    } else {
+      quantize_probs<R, false>(v, p, n, j0, nc, qp);
+    }
     for (int c0 = 0; c0 < d; c0 += 64) {
       const int64_t off = int64_t(c0) * bits / 8;
       const __mmask64 lm = mask64(std::min<int64_t>(8 * bits, rb - off));
@@ -733,49 +773,6 @@ KVLAB_TARGET_AVX512_VNNI void int_token_acc_vnni_rows(const KvBlock& v, const fl
         }
       }
     }
-  }
-}
-
-// Probabilities of R rows (n floats apart) for one chunk of a kIntToken block with one group per
-// token (G = 1): quantize_probs's operations for each row, the scales and zeros converted once
-// for all rows; the bytes land in token order, which is already the [token quad][group] order.
-template <int R>
-KVLAB_TARGET_AVX512_VNNI void quantize_probs_g1(const KvBlock& v, const float* p, int n, int j0, int nc,
-                                                QuantProbs* out) {
-  alignas(64) float pp[R][kVnniMaxTokens];
-  __m512 mx[R], zacc[R];
-  KVLAB_UNROLL
-  for (int r = 0; r < R; ++r) mx[r] = zacc[r] = _mm512_setzero_ps();
-  for (int e = 0; e < nc; e += 16) {
-    const __mmask16 m = mask16(nc - e);
-    const __m512 sc = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, v.scale + j0 + e));
-    const __m512 zr = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, v.zero + j0 + e));
-    KVLAB_UNROLL
-    for (int r = 0; r < R; ++r) {
-      const __m512 pv = _mm512_maskz_loadu_ps(m, p + r * n + j0 + e);
-      const __m512 v1 = _mm512_mul_ps(pv, sc);
-      _mm512_store_ps(pp[r] + e, v1);
-      mx[r] = _mm512_max_ps(mx[r], v1);
-      zacc[r] = _mm512_fmadd_ps(pv, zr, zacc[r]);
-    }
-  }
-  const float m_half = float((1 << v.bits) - 1) * 0.5f;
-  KVLAB_UNROLL
-  for (int r = 0; r < R; ++r) {
-    const float pmax = _mm512_reduce_max_ps(mx[r]);
-    const float ps = pmax > 0.0f ? pmax / 255.0f : 0.0f;
-    const float inv = pmax > 0.0f ? 255.0f / pmax : 0.0f;
-    __m512 dacc = _mm512_setzero_ps();
-    uint8_t* pd = reinterpret_cast<uint8_t*>(out[r].pd);
-    for (int e = 0; e < nc; e += 16) {
-      const __m512 v1 = _mm512_load_ps(pp[r] + e);  // 0 in lanes beyond the chunk
-      const __m512i qi = _mm512_cvt_roundps_epi32(_mm512_mul_ps(v1, _mm512_set1_ps(inv)),
-                                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      dacc = _mm512_add_ps(dacc, _mm512_fnmadd_ps(_mm512_set1_ps(ps), _mm512_cvtepi32_ps(qi), v1));
-      _mm_store_si128(reinterpret_cast<__m128i*>(pd + e), _mm512_cvtusepi32_epi8(qi));
-    }
-    out[r].ps = ps;
-    out[r].zg[0] = std::fma(m_half, hsum16(dacc), hsum16(zacc[r]));
   }
 }
 
@@ -924,11 +921,10 @@ KVLAB_TARGET_AVX512_VNNI void int_token_acc_vnni24_rows(const KvBlock& v, const 
   for (int j0 = 0; j0 < n; j0 += kVnniMaxTokens) {
     const int nc = std::min(kVnniMaxTokens, n - j0);
     if (groups_of(v) == 1) {
-      quantize_probs_g1<R>(v, p, n, j0, nc, qp);
+      quantize_probs<R, true>(v, p, n, j0, nc, qp);
       token24_chunk<R, true>(v, qp, j0, nc, acc, ah);
     } else {
-      KVLAB_UNROLL
-      for (int r = 0; r < R; ++r) quantize_probs(v, p + r * n, j0, nc, &qp[r]);
+      quantize_probs<R, false>(v, p, n, j0, nc, qp);
       token24_chunk<R, false>(v, qp, j0, nc, acc, ah);
     }
   }
@@ -972,19 +968,14 @@ KVLAB_TARGET_AVX512_VNNI void quantize_token_query(const float* q, TokenQuery* o
     v[i] = _mm512_loadu_ps(q + 16 * i);
     amax = _mm512_max_ps(amax, _mm512_abs_ps(v[i]));
   }
-  const float mx = _mm512_reduce_max_ps(amax);
-  const float qs = mx > 0.0f ? mx / 127.0f : 0.0f;
-  const float inv = mx > 0.0f ? 127.0f / mx : 0.0f;
+  const QuantStep st = quant_step(_mm512_reduce_max_ps(amax), 127.0f);
   __m128i b[8];
   KVLAB_UNROLL
   for (int h = 0; h < 4; ++h) {
     __m512 dsum = _mm512_setzero_ps();
     KVLAB_UNROLL
     for (int i = 2 * h; i < 2 * h + 2; ++i) {
-      const __m512i qi = _mm512_cvt_roundps_epi32(_mm512_mul_ps(v[i], _mm512_set1_ps(inv)),
-                                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      dsum = _mm512_add_ps(dsum, _mm512_fnmadd_ps(_mm512_set1_ps(qs), _mm512_cvtepi32_ps(qi), v[i]));
-      b[i] = _mm512_cvtsepi32_epi8(qi);
+      b[i] = _mm512_cvtsepi32_epi8(quantize16(v[i], st, dsum));
     }
     out->d[h] = hsum16(dsum);
     out->qsum[h] = hsum16(_mm512_add_ps(v[2 * h], v[2 * h + 1]));
@@ -993,7 +984,7 @@ KVLAB_TARGET_AVX512_VNNI void quantize_token_query(const float* q, TokenQuery* o
   const __m256i hi01 = _mm256_set_m128i(b[5], b[4]), hi23 = _mm256_set_m128i(b[7], b[6]);
   out->q0 = _mm512_inserti64x4(_mm512_castsi256_si512(lo01), lo23, 1);
   out->q1 = _mm512_inserti64x4(_mm512_castsi256_si512(hi01), hi23, 1);
-  out->qs = qs;
+  out->qs = st.step;
 }
 
 template <int R>
