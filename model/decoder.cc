@@ -1,6 +1,7 @@
 // Model::forward: the reference Llama decoder.
 #include <cmath>
 #include <cstring>
+#include <initializer_list>
 #include <vector>
 
 #include "base/check.h"
@@ -22,8 +23,8 @@ void rms_norm(const float* x, const float* w, int64_t n_rows, int dim, float eps
   }
 }
 
-void linear(const std::vector<float>& x, int64_t n_rows, int64_t in, const std::vector<float>& w,
-            int64_t out, std::vector<float>& y) {
+void linear(const AlignedVector<float>& x, int64_t n_rows, int64_t in, const AlignedVector<float>& w,
+            int64_t out, AlignedVector<float>& y) {
   y.resize(size_t(n_rows * out));
   matmul(x.data(), n_rows, in, w.data(), out, y.data());
 }
@@ -32,10 +33,18 @@ void linear(const std::vector<float>& x, int64_t n_rows, int64_t in, const std::
 
 namespace {
 
-// Appends b's elements to a, freeing b.
-void append_rows(std::vector<float>& a, std::vector<float>& b) {
-  a.insert(a.end(), b.begin(), b.end());
-  std::vector<float>().swap(b);
+// The rows of `parts`, one after another, in storage that starts on a cache line; each part is
+// freed once copied, so loading holds at most one matrix twice.
+AlignedVector<float> aligned_rows(std::initializer_list<std::vector<float>*> parts) {
+  size_t n = 0;
+  for (const std::vector<float>* p : parts) n += p->size();
+  AlignedVector<float> out;
+  out.reserve(n);
+  for (std::vector<float>* p : parts) {
+    out.insert(out.end(), p->begin(), p->end());
+    std::vector<float>().swap(*p);
+  }
+  return out;
 }
 
 }  // namespace
@@ -43,23 +52,20 @@ void append_rows(std::vector<float>& a, std::vector<float>& b) {
 Model::Model(std::string path, ModelConfig config, Weights weights, std::unique_ptr<Tokenizer> tokenizer)
     : path_(std::move(path)),
       config_(std::move(config)),
-      token_embedding_(std::move(weights.token_embedding)),
-      final_norm_(std::move(weights.final_norm)),
-      classifier_(std::move(weights.output)),
+      token_embedding_(aligned_rows({&weights.token_embedding})),
+      final_norm_(aligned_rows({&weights.final_norm})),
+      classifier_(aligned_rows({&weights.output})),
       tokenizer_(std::move(tokenizer)),
       rope_(std::make_unique<RopeTable>(config_.head_dim, config_.rope_theta, config_.rope_style,
                                         config_.max_seq_len)) {
   for (LayerWeights& w : weights.layers) {
     Layer l;
-    l.attn_norm = std::move(w.attn_norm);
-    l.wqkv = std::move(w.wq);
-    append_rows(l.wqkv, w.wk);
-    append_rows(l.wqkv, w.wv);
-    l.wo = std::move(w.wo);
-    l.ffn_norm = std::move(w.ffn_norm);
-    l.w_gate_up = std::move(w.w_gate);
-    append_rows(l.w_gate_up, w.w_up);
-    l.w_down = std::move(w.w_down);
+    l.attn_norm = aligned_rows({&w.attn_norm});
+    l.wqkv = aligned_rows({&w.wq, &w.wk, &w.wv});
+    l.wo = aligned_rows({&w.wo});
+    l.ffn_norm = aligned_rows({&w.ffn_norm});
+    l.w_gate_up = aligned_rows({&w.w_gate, &w.w_up});
+    l.w_down = aligned_rows({&w.w_down});
     layers_.push_back(std::move(l));
   }
   // Shape, then the K and V rows of each fused QKV matrix, 8 bytes at a time.
@@ -129,9 +135,10 @@ Status Model::forward(KvCache& cache, std::span<const SeqInput> inputs, LogitsMo
   const int D = config_.dim, H = config_.hidden_dim;
   const int qd = geo.q_dim(), kvd = geo.kv_dim();
   const int64_t n = batch.n_rows();
-  std::vector<float> x(size_t(n) * D), xn(size_t(n) * D);  // residual stream, normed copy
-  std::vector<float> qkv, q(size_t(n) * qd), k(size_t(n) * kvd), v(size_t(n) * kvd);
-  std::vector<float> att(size_t(n) * qd), o, gate_up, h(size_t(n) * H), down;
+  // Activations start on a cache line too: they are the other operand of every product.
+  AlignedVector<float> x(size_t(n) * D), xn(size_t(n) * D);  // residual stream, normed copy
+  AlignedVector<float> qkv, q(size_t(n) * qd), k(size_t(n) * kvd), v(size_t(n) * kvd);
+  AlignedVector<float> att(size_t(n) * qd), o, gate_up, h(size_t(n) * H), down;
   for (int64_t r = 0; r < n; ++r) {
     const float* e = &token_embedding_[size_t(tokens[r]) * D];
     std::copy(e, e + D, &x[size_t(r) * D]);
@@ -174,12 +181,12 @@ Status Model::forward(KvCache& cache, std::span<const SeqInput> inputs, LogitsMo
   } else {
     for (const SeqSpan& sp : batch.seqs) rows.push_back(sp.row + sp.n_new - 1);
   }
-  std::vector<float> sel(rows.size() * D);
+  AlignedVector<float> sel(rows.size() * D);
   for (size_t i = 0; i < rows.size(); ++i) {
     rms_norm(&x[size_t(rows[i]) * D], final_norm_.data(), 1, D, config_.norm_eps, &sel[i * D]);
   }
   logits->resize(rows.size() * size_t(config_.vocab_size));
-  const std::vector<float>& cls = classifier_.empty() ? token_embedding_ : classifier_;
+  const AlignedVector<float>& cls = classifier_.empty() ? token_embedding_ : classifier_;
   matmul(sel.data(), int64_t(rows.size()), D, cls.data(), config_.vocab_size, logits->data());
   return Status::Ok();
 }

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "attention/rope.h"
+#include "base/aligned_vector.h"
 #include "base/status.h"
 #include "kvcache/kv_cache.h"
 #include "model/config.h"
@@ -68,21 +69,22 @@ class Model {
   // one pass over a fused matrix streams its rows once, with one thread fork instead of three.
   // Rows are unchanged, so the results are those of the separate products (matmul sums each
   // output on its own).
+  // Matrices start on a cache line (base/aligned_vector.h).
   struct Layer {
-    std::vector<float> attn_norm;  // [dim]
-    std::vector<float> wqkv;       // [q_dim + 2 * kv_dim, dim]: W_q rows, then W_k, then W_v
-    std::vector<float> wo;         // [dim, q_dim]
-    std::vector<float> ffn_norm;   // [dim]
-    std::vector<float> w_gate_up;  // [2 * hidden_dim, dim]: W_gate rows, then W_up
-    std::vector<float> w_down;     // [dim, hidden_dim]
+    AlignedVector<float> attn_norm;  // [dim]
+    AlignedVector<float> wqkv;       // [q_dim + 2 * kv_dim, dim]: W_q rows, then W_k, then W_v
+    AlignedVector<float> wo;         // [dim, q_dim]
+    AlignedVector<float> ffn_norm;   // [dim]
+    AlignedVector<float> w_gate_up;  // [2 * hidden_dim, dim]: W_gate rows, then W_up
+    AlignedVector<float> w_down;     // [dim, hidden_dim]
   };
 
   std::string path_;
   ModelConfig config_;
   std::vector<Layer> layers_;
-  std::vector<float> token_embedding_;  // [vocab, dim]
-  std::vector<float> final_norm_;       // [dim]
-  std::vector<float> classifier_;       // [vocab, dim]; empty when tied to token_embedding_
+  AlignedVector<float> token_embedding_;  // [vocab, dim]
+  AlignedVector<float> final_norm_;       // [dim]
+  AlignedVector<float> classifier_;       // [vocab, dim]; empty when tied to token_embedding_
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<RopeTable> rope_;
   uint64_t fingerprint_ = 0;

@@ -19,6 +19,7 @@
 #include <ostream>
 #include <vector>
 
+#include "base/aligned_vector.h"
 #include "kernels/cpu/cpu_features.h"
 #include "testing/rng.h"
 
@@ -269,6 +270,21 @@ TEST(MatmulTest, DispatchUsesActiveIsa) {
   matmul(in.x.data(), s.n_tokens, s.k, in.w.data(), s.n_out, a.data());
   matmul_isa(active_isa(), in.x.data(), s.n_tokens, s.k, in.w.data(), s.n_out, b.data());
   EXPECT_TRUE(same_bits(a.data(), b.data(), a.size()));
+}
+
+// The decoder keeps its matrices and activations in AlignedVector (base/aligned_vector.h) so
+// that the products' vector loads never straddle two cache lines: its storage starts on 64 bytes
+// at every size, after growth and after a copy.
+TEST(AlignedVectorTest, StorageStartsOnACacheLine) {
+  for (size_t n : {size_t(1), size_t(3), size_t(17), size_t(4096), size_t(1) << 20}) {
+    AlignedVector<float> v(n, 1.0f);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(v.data()) % 64, 0u) << n;
+    v.insert(v.end(), n + 5, 2.0f);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(v.data()) % 64, 0u) << n << " after growth";
+    const AlignedVector<float> c = v;
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(c.data()) % 64, 0u) << n << " copied";
+    EXPECT_EQ(c.back(), 2.0f);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
