@@ -27,6 +27,7 @@ struct CalibrateConfig {
   std::vector<std::string> policies;  // aquakv specs (one assignment each, predictors on)
   std::vector<std::string> outputs;   // one file per policy
   int horizon = 32;                   // dynsparse: queries after a token whose attention labels it
+  int skip = 0;                       // dynsparse: ... counted after the next `skip` queries
 };
 
 struct CalibrateResult {
@@ -57,8 +58,8 @@ std::string format_calibration(const CalibrateResult& r, const CalibrateConfig& 
 // `kvlab calibrate --policy dynsparse:decider=mlp|probe,layer=K,...`: trains the learned keep
 // deciders of kvcache/dynsparse_decider.h with the model frozen. The unmodified model (full f32
 // cache) runs over windows of the text; per token it records the hidden state entering layer K
-// (the features) and the attention probability it receives from the next `horizon` queries,
-// summed over the query heads of layers >= K (the oracle). Tokens with a full horizon after
+// (the features) and the attention probability it receives from the `horizon` queries after the
+// next `skip`, summed over the query heads of layers >= K (the oracle). Tokens with a full horizon after
 // position 16 are labelled, "keep" when above their window's median. The last windows are held
 // out. Every policy given must name the same layer; one capture serves them all.
 struct DeciderCalibrationResult {

@@ -42,26 +42,26 @@ StatusOr<Target> parse_target(const std::string& spec, int n_layers) {
   return t;
 }
 
-// The oracle: the attention probability each position receives from the queries of the next
-// `horizon` positions, summed over the query heads of layers >= `first_layer`.
+// The oracle: the attention probability each position p receives from the queries at positions
+// p + skip + 1 .. p + skip + horizon, summed over the query heads of layers >= `first_layer`.
 class OracleMass final : public AttentionObserver {
  public:
-  OracleMass(int first_layer, int horizon, std::vector<double>* mass)
-      : first_layer_(first_layer), horizon_(horizon), mass_(mass) {}
+  OracleMass(int first_layer, int horizon, int skip, std::vector<double>* mass)
+      : first_layer_(first_layer), horizon_(horizon), skip_(skip), mass_(mass) {}
   bool wants(int layer, int, int32_t) const override { return layer >= first_layer_; }
   //   probs, key_pos: [keys] ascending positions (one prefill, no history)
   void observe(int, int, int32_t query_pos, int, std::span<const float> probs,
                std::span<const int32_t> key_pos) const override {
     for (size_t j = probs.size(); j-- > 0;) {
       const int32_t p = key_pos[j];
-      if (p >= query_pos) continue;
-      if (p < query_pos - horizon_) break;
+      if (p >= query_pos - skip_) continue;
+      if (p < query_pos - skip_ - horizon_) break;
       (*mass_)[size_t(p)] += probs[j];
     }
   }
 
  private:
-  int first_layer_, horizon_;
+  int first_layer_, horizon_, skip_;
   std::vector<double>* mass_;
 };
 
@@ -102,12 +102,17 @@ StatusOr<DeciderCalibrationResult> run_decider_calibration(const Model& model, c
     }
     targets.push_back(t);
   }
-  const int K = targets[0].layer, N = cfg.horizon;
+  const int K = targets[0].layer, N = cfg.horizon, S = cfg.skip;
   if (N < 1 || N >= g.max_seq_len) return invalid_argument("calibrate: --horizon must be in [1, " + std::to_string(g.max_seq_len - 1) + "]");
-  const int per_window = cfg.window - N - kFirstLabelled;  // labelled tokens per window
+  if (S < 0 || S + N >= g.max_seq_len) {
+    return invalid_argument("calibrate: --skip must be in [0, " + std::to_string(g.max_seq_len - 1 - N) + "] for --horizon " +
+                            std::to_string(N));
+  }
+  const int per_window = cfg.window - S - N - kFirstLabelled;  // labelled tokens per window
   if (per_window < 2 || cfg.window > g.max_seq_len) {
-    return invalid_argument("calibrate: --window must be in [" + std::to_string(N + kFirstLabelled + 2) + ", " +
-                            std::to_string(g.max_seq_len) + "] for --horizon " + std::to_string(N));
+    return invalid_argument("calibrate: --window must be in [" + std::to_string(S + N + kFirstLabelled + 2) + ", " +
+                            std::to_string(g.max_seq_len) + "] for --horizon " + std::to_string(N) + " and --skip " +
+                            std::to_string(S));
   }
   const int n_windows = int((cfg.tokens + per_window - 1) / per_window);
   if (n_windows < 2) return invalid_argument("calibrate: --tokens gives one window; training needs a held-out one");
@@ -134,7 +139,7 @@ StatusOr<DeciderCalibrationResult> run_decider_calibration(const Model& model, c
   std::vector<uint8_t> y;
   std::vector<float> knorm;
   std::vector<double> mass(size_t(cfg.window));
-  OracleMass oracle(K, N, &mass);
+  OracleMass oracle(K, N, S, &mass);
   HiddenCapture hidden(K);
   KVLAB_ASSIGN_OR_RETURN(auto cache, model.make_cache("full:dtype=f32", 1));
   cache->set_observer(&oracle);
@@ -147,7 +152,7 @@ StatusOr<DeciderCalibrationResult> run_decider_calibration(const Model& model, c
     const SeqInput in{0, std::span<const int32_t>(windows[size_t(w)])};
     KVLAB_RETURN_IF_ERROR(model.forward(*cache, {&in, 1}, LogitsMode::kNone, nullptr));
     dim = hidden.dim();
-    const int from = kFirstLabelled, to = cfg.window - N;
+    const int from = kFirstLabelled, to = cfg.window - S - N;
     std::vector<double> sorted(mass.begin() + from, mass.begin() + to);
     std::nth_element(sorted.begin(), sorted.begin() + sorted.size() / 2, sorted.end());
     const double median = sorted[sorted.size() / 2];
@@ -179,6 +184,7 @@ StatusOr<DeciderCalibrationResult> run_decider_calibration(const Model& model, c
     f.dim = dim;
     f.kind = targets[i].fit.kind;
     f.horizon = N;
+    f.skip = S;
     f.train_tokens = valid_from;
     f.valid_tokens = r.valid_tokens;
     f.valid_auc = rep.valid_auc;
@@ -198,9 +204,9 @@ std::string format_decider_calibration(const DeciderCalibrationResult& r, const 
   std::string s;
   char buf[320];
   std::snprintf(buf, sizeof buf,
-                "decider calibration: layer %d, horizon %d, %d windows of %d tokens, %lld tokens labelled (%lld held out), "
-                "capture %.1f s\nheld-out AUC of knorm (no training): %.4f\n",
-                r.layer, cfg.horizon, r.windows, cfg.window, (long long)r.tokens, (long long)r.valid_tokens,
+                "decider calibration: layer %d, horizon %d after skip %d, %d windows of %d tokens, %lld tokens labelled "
+                "(%lld held out), capture %.1f s\nheld-out AUC of knorm (no training): %.4f\n",
+                r.layer, cfg.horizon, cfg.skip, r.windows, cfg.window, (long long)r.tokens, (long long)r.valid_tokens,
                 r.capture_seconds, r.knorm_valid_auc);
   s += buf;
   std::snprintf(buf, sizeof buf, "\n%-44s %8s %7s %6s %9s %9s %9s %9s %9s %9s\n", "policy -> file", "params", "epochs",

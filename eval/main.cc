@@ -63,7 +63,7 @@ constexpr const char* kUsage =
     "  calibrate --model M --text FILE --policy aquakv:bits=B,... --out FILE [--policy P --out F ...]\n"
     "            [--lines A-B] [--tokens N] [--window W]   AQUA-KV predictors from the model's own K/V\n"
     "  calibrate --model M --text FILE --policy dynsparse:decider=mlp|probe,layer=K --out FILE [...]\n"
-    "            [--lines A-B] [--tokens N] [--window W] [--horizon N]\n"
+    "            [--lines A-B] [--tokens N] [--window W] [--horizon N] [--skip S]\n"
     "                                           dynsparse keep deciders trained on attention labels\n"
     "  xkv-analyze --model M --text FILE [--tokens N] [--rank-k R] [--rank-v R] [--groups 1,2,4] [--json OUT]\n"
     "                                           xKV: per-layer low-rank error of K and V in groups of\n"
@@ -328,6 +328,8 @@ Status cmd_calibrate(const Args& a) {
   KVLAB_ASSIGN_OR_RETURN(cfg.tokens, a.get_int("--tokens", cfg.tokens, 16, int64_t(1) << 32));
   KVLAB_ASSIGN_OR_RETURN(int64_t horizon, a.get_int("--horizon", cfg.horizon, 1, 1 << 24));
   cfg.horizon = int(horizon);
+  KVLAB_ASSIGN_OR_RETURN(int64_t skip, a.get_int("--skip", cfg.skip, 0, 1 << 24));
+  cfg.skip = int(skip);
   KVLAB_ASSIGN_OR_RETURN(int64_t window, a.get_int("--window", cfg.window, 2, 1 << 24));
   cfg.window = int(window);
   if (a.has("--lines")) {
@@ -471,7 +473,7 @@ Status run(int argc, char** argv) {
                            "--distance"});
   }
   else if (cmd == "ppl") options = with_common({"--text", "--paragraphs", "--policy"});
-  else if (cmd == "calibrate") options = with_common({"--text", "--policy", "--out", "--lines", "--tokens", "--window", "--horizon"});
+  else if (cmd == "calibrate") options = with_common({"--text", "--policy", "--out", "--lines", "--tokens", "--window", "--horizon", "--skip"});
   else if (cmd == "logits") options = with_common({"--prompt", "--ids", "--out", "--policy"});
   else if (cmd == "xkv-analyze")
     options = with_common({"--text", "--tokens", "--rank-k", "--rank-v", "--groups", "--json"});

@@ -1,11 +1,14 @@
 #include "kvcache/dynsparse_decider.h"
 
 #include <algorithm>
+#include <chrono>
+#include <iterator>
 #include <cmath>
 #include <cstdio>
 #include <numeric>
 #include <random>
 
+#include "base/check.h"
 #include "base/serialize.h"
 #include "kernels/cpu/matmul.h"
 
@@ -13,7 +16,7 @@ namespace kvlab {
 namespace {
 
 constexpr char kMagic[8] = {'K', 'V', 'L', 'A', 'B', '-', 'D', 'S'};
-constexpr uint32_t kVersion = 1;
+constexpr uint32_t kVersion = 2;  // 2: the label's skip
 constexpr float kLnEps = 1e-5f;
 
 const char* kind_name(DeciderKind k) { return k == DeciderKind::kMlp ? "mlp" : "probe"; }
@@ -136,7 +139,9 @@ Status DeciderFile::save(const std::string& path) const {
   w.put_bytes(kMagic, sizeof kMagic);
   w.put<uint32_t>(kVersion);
   w.put<uint64_t>(model_fingerprint);
-  for (int32_t x : {int32_t(n_layers), int32_t(layer), int32_t(dim), int32_t(kind), int32_t(horizon)}) w.put<int32_t>(x);
+  for (int32_t x : {int32_t(n_layers), int32_t(layer), int32_t(dim), int32_t(kind), int32_t(horizon), int32_t(skip)}) {
+    w.put<int32_t>(x);
+  }
   w.put<int64_t>(train_tokens);
   w.put<int64_t>(valid_tokens);
   w.put<double>(valid_auc);
@@ -160,10 +165,10 @@ StatusOr<DeciderFile> DeciderFile::load(const std::string& path, const KvGeometr
   const std::string what = "decider file " + path;
   BinaryReader r(data.data(), data.size(), what);
   DeciderFile f;
-  int32_t v[5];
+  int32_t v[6];
   KVLAB_RETURN_IF_ERROR(r.get(&f.model_fingerprint));
   for (int32_t& x : v) KVLAB_RETURN_IF_ERROR(r.get(&x));
-  f.n_layers = v[0], f.layer = v[1], f.dim = v[2], f.horizon = v[4];
+  f.n_layers = v[0], f.layer = v[1], f.dim = v[2], f.horizon = v[4], f.skip = v[5];
   if (v[3] != 0 && v[3] != 1) return data_loss(what + ": unknown decider kind " + std::to_string(v[3]));
   f.kind = DeciderKind(v[3]);
   KVLAB_RETURN_IF_ERROR(r.get(&f.train_tokens));
@@ -217,6 +222,79 @@ float knorm_score(const float* k, const KvGeometry& g) {
     norms += std::sqrt(sq);
   }
   return float(-norms / g.n_kv_heads);
+}
+
+namespace {
+
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+}  // namespace
+
+bool TokenScorer::is_choice(const std::string& decider) {
+  return std::find_if(std::begin(kChoices), std::end(kChoices), [&](const char* c) { return decider == c; }) !=
+         std::end(kChoices);
+}
+
+StatusOr<TokenScorer> TokenScorer::make(const std::string& policy, const std::string& decider, const std::string& calib,
+                                        uint64_t seed, const KvGeometry& g, int layer) {
+  KVLAB_CHECK(is_choice(decider));
+  TokenScorer t;
+  t.kind_ = decider == "random" ? Kind::kRandom : decider == "knorm" ? Kind::kKnorm : decider == "probe" ? Kind::kProbe : Kind::kMlp;
+  t.seed_ = seed;
+  t.geometry_ = g;
+  if (t.learned() && calib.empty()) {
+    return invalid_argument(policy + ": decider=" + decider + " needs calib=FILE (made by kvlab calibrate --policy " +
+                            "dynsparse:decider=" + decider + ",layer=" + std::to_string(layer) + ")");
+  }
+  if (!t.learned() && !calib.empty()) {
+    return invalid_argument(policy + ": calib=FILE given with decider=" + decider + ", which learns nothing");
+  }
+  if (t.learned()) {
+    KVLAB_ASSIGN_OR_RETURN(DeciderFile f, DeciderFile::load(calib, g, layer,
+                                                            t.kind_ == Kind::kMlp ? DeciderKind::kMlp : DeciderKind::kProbe));
+    t.net_ = std::move(f.net);
+  }
+  return t;
+}
+
+void TokenScorer::observe(const ForwardBatch& batch, const float* h, int dim) {
+  if (!learned()) return;
+  KVLAB_CHECK(dim == net_.dim());
+  const auto t0 = std::chrono::steady_clock::now();
+  // Working buffers of this call only: nothing the ledger does not book outlives a forward.
+  std::vector<float> rows, scratch;
+  for (const SeqSpan& sp : batch.seqs) {
+    if (generated(sp)) rows.insert(rows.end(), h + size_t(sp.row) * dim, h + size_t(sp.row + 1) * dim);
+  }
+  const int64_t n = int64_t(rows.size()) / dim;
+  std::vector<float> out(static_cast<size_t>(n));
+  if (n) net_.scores(rows.data(), n, out.data(), scratch);
+  hidden_scores_.assign(size_t(batch.n_rows()), 0.0f);
+  size_t i = 0;
+  for (const SeqSpan& sp : batch.seqs) {
+    if (generated(sp)) hidden_scores_[size_t(sp.row)] = out[i++];
+  }
+  seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  scored_ += n;
+}
+
+float TokenScorer::score(int row, const float* k, uint64_t index) const {
+  switch (kind_) {
+    case Kind::kRandom:
+      return float(double(splitmix64(seed_ * 0x100000001b3ull + index) >> 11) * 0x1.0p-53);
+    case Kind::kKnorm:
+      return knorm_score(k, geometry_);
+    case Kind::kProbe:
+    case Kind::kMlp:
+      KVLAB_CHECK(size_t(row) < hidden_scores_.size());  // observe() saw this forward
+      return hidden_scores_[size_t(row)];
+  }
+  return 0;
 }
 
 double roc_auc(const std::vector<float>& scores, const std::vector<uint8_t>& labels) {

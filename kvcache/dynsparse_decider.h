@@ -13,11 +13,13 @@
 // cross-entropy is a logistic loss on that difference, so one loss trains both.
 //
 // Labels (the oracle of 4.8 B): on calibration text, with the full cache, the attention
-// probability a token receives from the next `horizon` queries, summed over the query heads of
-// every layer >= K; a token is labelled "keep" when its mass is above the median of its window.
+// probability a token receives from the `horizon` queries after the next `skip` (0: the next
+// `horizon`), summed over the query heads of every layer >= K; a token is labelled "keep" when
+// its mass is above the median of its window. skip > 0 labels what a token is worth once it has
+// left a recent window of `skip` tokens (evict:score=mlp,recent=skip).
 //
-// File: "KVLAB-DS" u32 version, u64 model fingerprint, i32 n_layers, layer K, dim, kind,
-// horizon, i64 train and held-out tokens, f64 held-out AUC and accuracy, the LayerNorm gain and
+// File: "KVLAB-DS" u32 version (2), u64 model fingerprint, i32 n_layers, layer K, dim, kind,
+// horizon, skip, i64 train and held-out tokens, f64 held-out AUC and accuracy, the LayerNorm gain and
 // bias [dim] and the linear layers (i32 in, out, f32 W [out, in], b [out]), FNV-1a checksum.
 #pragma once
 
@@ -26,6 +28,7 @@
 #include <vector>
 
 #include "base/status.h"
+#include "kvcache/forward_batch.h"
 #include "kvcache/policy.h"
 
 namespace kvlab {
@@ -53,7 +56,7 @@ struct DeciderFile {
   uint64_t model_fingerprint = 0;
   int n_layers = 0, layer = 0, dim = 0;
   DeciderKind kind = DeciderKind::kMlp;
-  int horizon = 0;
+  int horizon = 0, skip = 0;
   int64_t train_tokens = 0, valid_tokens = 0;
   double valid_auc = 0, valid_accuracy = 0;
   DeciderNet net;
@@ -92,6 +95,54 @@ StatusOr<DeciderNet> fit_decider(const DeciderFitConfig& config, const std::vect
 // The knorm decider's score of one token (4.8 C: low-norm keys draw attention): minus the mean
 // over kv heads of the key's L2 norm. k: [kv_dim], pre- or post-RoPE (the rotation keeps norms).
 float knorm_score(const float* k, const KvGeometry& g);
+
+// The score each generated token gets once, at layer K, from one of the deciders (higher = more
+// worth keeping): what dynsparse decides from (kept or never written) and what evict's decider
+// scores rank (evicted lowest first). A generated token is a sequence's one-token forward after
+// its first forward.
+//   random  a hash of (seed, the sequence's count of scored tokens): the rate-matched control
+//   knorm   knorm_score of the layer-K key
+//   probe,  the network of a DeciderFile on the hidden state entering layer K; observe() must
+//   mlp     see that forward's hidden states before score() is asked (KvCache calls
+//           observe_hidden(K) before attend(K) whenever the policy wants_hidden(K))
+class TokenScorer {
+ public:
+  enum class Kind { kRandom, kKnorm, kProbe, kMlp };
+  static constexpr const char* kChoices[] = {"random", "knorm", "probe", "mlp"};
+
+  // From a policy's `decider`, `calib` and `seed` parameters (named `decider_key` etc.); refuses
+  // a learned decider without calib=FILE, a file for another model, layer or kind, and a calib
+  // file given to a decider that learns nothing. `policy` names the policy in messages.
+  static StatusOr<TokenScorer> make(const std::string& policy, const std::string& decider, const std::string& calib,
+                                    uint64_t seed, const KvGeometry& g, int layer);
+  static bool is_choice(const std::string& decider);
+
+  Kind kind() const { return kind_; }
+  bool learned() const { return kind_ == Kind::kProbe || kind_ == Kind::kMlp; }
+  int64_t n_params() const { return learned() ? net_.n_params() : 0; }
+
+  //   h: [n_rows, dim] the residual stream entering layer K. Scores the generated rows.
+  void observe(const ForwardBatch& batch, const float* h, int dim);
+  // Row `row` of the current forward: k [kv_dim] its pre-RoPE layer-K key; `index` the
+  // sequence's count of tokens scored before this one (random's input).
+  float score(int row, const float* k, uint64_t index) const;
+  // Frees the current forward's learned scores (call at commit).
+  void clear() { std::vector<float>().swap(hidden_scores_); }
+
+  double seconds() const { return seconds_; }  // in the learned network
+  int64_t scored() const { return scored_; }   // rows the network scored
+
+  static bool generated(const SeqSpan& sp) { return sp.n_new == 1 && sp.start_pos > 0; }
+
+ private:
+  Kind kind_ = Kind::kKnorm;
+  uint64_t seed_ = 1;
+  KvGeometry geometry_;
+  DeciderNet net_;
+  std::vector<float> hidden_scores_;  // [n_rows] of the current forward
+  double seconds_ = 0;
+  int64_t scored_ = 0;
+};
 
 // Area under the ROC curve of `scores` against `labels` (ties count one half).
 double roc_auc(const std::vector<float>& scores, const std::vector<uint8_t>& labels);

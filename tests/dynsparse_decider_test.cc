@@ -102,6 +102,7 @@ TEST(DeciderTest, FileRoundTripsAndRefusesAnotherModelLayerKindOrDamage) {
   const KvGeometry g = m.cache_geometry();
   DeciderFile f = DeciderFile::untrained(g, 2, DeciderKind::kMlp, 5);
   f.horizon = 16;
+  f.skip = 7;
   f.valid_auc = 0.75;
   const std::string dir = testing::temp_dir();
   const std::string path = dir + "/decider.bin";
@@ -110,6 +111,7 @@ TEST(DeciderTest, FileRoundTripsAndRefusesAnotherModelLayerKindOrDamage) {
   auto back = DeciderFile::load(path, g, 2, DeciderKind::kMlp);
   ASSERT_TRUE(back.ok()) << back.status().to_string();
   EXPECT_EQ(back->horizon, 16);
+  EXPECT_EQ(back->skip, 7);
   EXPECT_EQ(back->valid_auc, 0.75);
   ASSERT_EQ(back->net.layers.size(), f.net.layers.size());
   for (size_t i = 0; i < f.net.layers.size(); ++i) EXPECT_EQ(back->net.layers[i].w, f.net.layers[i].w);
@@ -164,6 +166,23 @@ TEST(DeciderTest, CalibrationLearnsTheAttentionOracle) {
   auto wrong = m.make_cache("dynsparse:decider=mlp,layer=3,calib=" + cfg.outputs[1], 1);
   ASSERT_FALSE(wrong.ok());
   EXPECT_NE(wrong.status().message().find("trained at layer=2"), std::string::npos) << wrong.status().message();
+
+  // Labels from the queries after a recent window (--skip): a window labels fewer tokens, the
+  // files say so, and evict's decider scores load them.
+  cfg.skip = 24;
+  cfg.policies = {"dynsparse:decider=probe,layer=2"};
+  cfg.outputs = {dir + "/probe2_skip.bin"};
+  auto s = run_decider_calibration(m, cfg, quiet);
+  ASSERT_TRUE(s.ok()) << s.status().to_string();
+  EXPECT_EQ(s->tokens, int64_t(s->windows) * (256 - 24 - 16 - 16));
+  EXPECT_EQ(s->files[0].skip, 24);
+  EXPECT_GT(s->reports[0].valid_auc, 0.6);
+  EXPECT_TRUE(m.make_cache("evict:keep=0.5,layer=2,score=probe,recent=24,calib=" + cfg.outputs[0], 1).ok());
+  cfg.skip = 240;
+  auto bad = run_decider_calibration(m, cfg, quiet);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("--window must be in [274, 512] for --horizon 16 and --skip 240"), std::string::npos)
+      << bad.status().message();
 }
 
 }  // namespace

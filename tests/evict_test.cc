@@ -12,6 +12,7 @@
 #include <map>
 #include <set>
 
+#include "kvcache/dynsparse_decider.h"
 #include "kvcache/kv_cache.h"
 #include "kvcache/registry.h"
 #include "kvcache/token_ring.h"
@@ -291,6 +292,42 @@ TEST(EvictTest, RecentKeepsTheNewest) {
   EXPECT_EQ(expect_replay_matches("recent", 0.6, 0, 30), 0);
 }
 
+// A decider's score is the token's own, fixed when it enters layer K (knorm: minus the mean key
+// norm over kv heads, which RoPE keeps); the newest min(recent, budget) generated tokens are safe
+// and the lowest-scored older one goes. Replayed from a full f32 cache's layer-K keys: layers < K
+// keep every token, so layer K computes the same keys in both caches.
+TEST(EvictTest, DeciderScoresEvictTheLowestOutsideTheRecentWindow) {
+  const Model& m = testing::stories260k();
+  const int L = m.config().n_layers, K = 1, recent = 3;
+  const double keep = 0.4;
+  const std::vector<int32_t> ids = testing::scrambled_ids(kPrompt + 60);
+  auto full = testing::make_cache(m, "full:dtype=f32");
+  auto c = testing::make_cache(m, "evict:keep=0.4,layer=1,score=knorm,recent=3,dtype=f32");
+  ASSERT_TRUE(full && c);
+  decode(m, *full, ids);
+  const KvGeometry& g = full->geometry();
+  const LayerContents keys = full->read(K, 0);
+  std::map<int32_t, float> held;  // generated position -> score
+  int generated = 0, differ_from_newest = 0;
+  decode(m, *c, ids, [&](int32_t t) {
+    held[t] = knorm_score(keys.k.data() + size_t(t) * g.kv_dim(), g);
+    ++generated;
+    while (int64_t(held.size()) > budget(keep, generated)) {
+      const auto safe = std::prev(held.end(), long(std::min<int64_t>(recent, budget(keep, generated))));
+      auto lowest = held.begin();
+      for (auto it = held.begin(); it != safe; ++it) {
+        if (it->second < lowest->second) lowest = it;
+      }
+      held.erase(lowest);
+    }
+    std::set<int32_t> expected;
+    for (const auto& [p, s] : held) expected.insert(p);
+    for (int l = K; l < L; ++l) ASSERT_EQ(generated_held(*c, l), expected) << "layer " << l << " position " << t;
+    differ_from_newest += *expected.begin() != t + 1 - int32_t(expected.size());
+  });
+  EXPECT_GT(differ_from_newest, 20) << "the scores, not recency, chose";
+}
+
 // A crop forgets the generated tokens after the cut: the budget counts only those before it.
 TEST(EvictTest, CropCountsOnlyTheGeneratedTokensBeforeTheCut) {
   const Model& m = testing::stories260k();
@@ -348,6 +385,10 @@ TEST(EvictTest, BadParametersAreClearErrors) {
   expect_error("evict:score=oracle", "bad value 'oracle' for evict:score");
   expect_error("evict:dtype=fp8", "bad value 'fp8' for evict:dtype");
   expect_error("evict:recent=-1", "out of range");
+  expect_error("evict:score=mlp", "evict: decider=mlp needs calib=FILE");
+  expect_error("evict:score=h2o,calib=x.bin", "evict: calib=FILE given with score=h2o, which learns nothing");
+  expect_error("evict:score=knorm,calib=x.bin", "evict: calib=FILE given with decider=knorm, which learns nothing");
+  expect_error("evict:score=probe,calib=/nonexistent/probe.bin", "/nonexistent/probe.bin");
 }
 
 }  // namespace

@@ -27,8 +27,8 @@
 // the scores' scale (the paper's argmax has no rate control, pitfall 4.7.3). keep = 1 keeps every
 // token and decides nothing: the base policy's cache exactly.
 #include <algorithm>
-#include <chrono>
 #include <cmath>
+#include <iterator>
 #include <tuple>
 
 #include "base/check.h"
@@ -42,31 +42,19 @@ constexpr uint32_t kStateVersion = 1;
 constexpr int kHistory = 256;   // scores the controller ranks a new score against, per sequence
 constexpr double kGain = 16.0;  // tokens of keep-count error that move the rank threshold by 1
 
-enum class Decider { kRandom, kKnorm, kProbe, kMlp };
-bool is_learned(Decider d) { return d == Decider::kProbe || d == Decider::kMlp; }
-
 struct DynSparseConfig {
   double keep = 0.5;
   int layer = 2;
-  Decider decider = Decider::kRandom;
-  uint64_t seed = 1;
+  TokenScorer scorer;
   PolicySpec base;
-  DeciderNet net;  // probe, mlp
 };
-
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
 
 class DynSparsePolicy final : public Policy {
  public:
   DynSparsePolicy(const PolicyContext& ctx, DynSparseConfig cfg) : Policy(ctx), cfg_(std::move(cfg)) {
     seqs_.reserve(size_t(ctx.max_seqs));
     for (int s = 0; s < ctx.max_seqs; ++s) seqs_.emplace_back(ctx.ledger);
-    side_bytes_ = cfg_.net.n_params() * int64_t(sizeof(float));
+    side_bytes_ = cfg_.scorer.n_params() * int64_t(sizeof(float));
     ctx_.ledger->add(MemoryKind::kSide, side_bytes_);
   }
   ~DynSparsePolicy() override { ctx_.ledger->sub(MemoryKind::kSide, side_bytes_); }
@@ -107,7 +95,7 @@ class DynSparsePolicy final : public Policy {
       }
     }
     hi_batch_ = ForwardBatch{};  // holds nothing between forwards (the ledger books all kept bytes)
-    std::vector<float>().swap(hidden_scores_);
+    cfg_.scorer.clear();
   }
 
   int stored_tokens(int layer, int seq) const override { return part(layer).stored_tokens(layer, seq); }
@@ -181,13 +169,13 @@ class DynSparsePolicy final : public Policy {
     out.add("decided_tokens", decided_)
         .add("kept_tokens", kept_)
         .add("keep_rate", decided_ ? double(kept_) / double(decided_) : 1.0);
-    if (scored_) out.add("decider_us_per_token", 1e6 * decider_seconds_ / double(scored_));
+    if (cfg_.scorer.scored()) out.add("decider_us_per_token", 1e6 * cfg_.scorer.seconds() / double(cfg_.scorer.scored()));
   }
 
   bool wants_hidden(int layer) const override { return learned(layer) || part(layer).wants_hidden(layer); }
   //   h: [n_rows, dim] the residual stream entering `layer`
   void observe_hidden(int layer, const ForwardBatch& batch, const float* h, int dim) override {
-    if (learned(layer)) score_hidden(batch, h, dim);
+    if (learned(layer)) cfg_.scorer.observe(batch, h, dim);
     if (part(layer).wants_hidden(layer)) part(layer).observe_hidden(layer, batch, h, dim);
   }
 
@@ -203,30 +191,7 @@ class DynSparsePolicy final : public Policy {
 
   Policy& part(int layer) const { return layer < cfg_.layer ? *lo_ : *hi_; }
   bool learned(int layer) const {
-    return layer == cfg_.layer && cfg_.keep < 1.0 && is_learned(cfg_.decider);
-  }
-  static bool generated(const SeqSpan& sp) { return sp.n_new == 1 && sp.start_pos > 0; }
-
-  // The learned scores of this forward's generated tokens, into hidden_scores_ [n_rows], all in
-  // one batched pass of the network.
-  void score_hidden(const ForwardBatch& batch, const float* h, int dim) {
-    KVLAB_CHECK(dim == cfg_.net.dim());
-    const auto t0 = std::chrono::steady_clock::now();
-    // Working buffers of this call only: nothing the ledger does not book outlives a forward.
-    std::vector<float> rows, scratch;
-    for (const SeqSpan& sp : batch.seqs) {
-      if (generated(sp)) rows.insert(rows.end(), h + size_t(sp.row) * dim, h + size_t(sp.row + 1) * dim);
-    }
-    const int64_t n = int64_t(rows.size()) / dim;
-    std::vector<float> out(static_cast<size_t>(n));
-    if (n) cfg_.net.scores(rows.data(), n, out.data(), scratch);
-    hidden_scores_.assign(size_t(batch.n_rows()), 0.0f);
-    size_t i = 0;
-    for (const SeqSpan& sp : batch.seqs) {
-      if (generated(sp)) hidden_scores_[size_t(sp.row)] = out[i++];
-    }
-    decider_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    scored_ += n;
+    return layer == cfg_.layer && cfg_.keep < 1.0 && cfg_.scorer.learned();
   }
 
   // Layer K of a forward: each generated token's decision, and the batch layers >= K see.
@@ -235,27 +200,11 @@ class DynSparsePolicy final : public Policy {
     hi_batch_ = batch;
     for (SeqSpan& sp : hi_batch_.seqs) {
       Seq& s = seqs_[size_t(sp.seq)];
-      const bool gen = generated(sp);
+      const bool gen = TokenScorer::generated(sp);
       sp.start_pos = s.stored;
       if (!gen || cfg_.keep >= 1.0) continue;
-      sp.store = controlled_keep(s, score(s, sp.row, k + size_t(sp.row) * ctx_.geometry.kv_dim()));
+      sp.store = controlled_keep(s, cfg_.scorer.score(sp.row, k + size_t(sp.row) * ctx_.geometry.kv_dim(), uint64_t(s.decided)));
     }
-  }
-
-  //   k: [kv_dim] the token's pre-RoPE key at layer K
-  float score(const Seq& s, int row, const float* k) const {
-    switch (cfg_.decider) {
-      case Decider::kRandom:
-        return float(double(splitmix64(cfg_.seed * 0x100000001b3ull + uint64_t(s.decided)) >> 11) * 0x1.0p-53);
-      case Decider::kKnorm:
-        return knorm_score(k, ctx_.geometry);
-      case Decider::kProbe:
-      case Decider::kMlp:
-        // KvCache's protocol: observe_hidden(K) before attend(K) whenever wants_hidden(K).
-        KVLAB_CHECK(size_t(row) < hidden_scores_.size());
-        return hidden_scores_[size_t(row)];
-    }
-    return 0;
   }
 
   bool controlled_keep(Seq& s, float score) {
@@ -281,10 +230,7 @@ class DynSparsePolicy final : public Policy {
   std::vector<Seq> seqs_;       // [max_seqs]
   ForwardBatch hi_batch_;       // the current forward as layers >= K see it (set at layer K)
   int64_t decided_ = 0, kept_ = 0;  // over every sequence since the policy was made (report)
-  std::vector<float> hidden_scores_;  // [n_rows] learned scores of the current forward (freed at commit)
-  int64_t side_bytes_ = 0;            // the decider network's weights (kSide)
-  double decider_seconds_ = 0;         // in the learned network (report)
-  int64_t scored_ = 0;
+  int64_t side_bytes_ = 0;  // the decider network's weights (kSide)
 };
 
 }  // namespace
@@ -296,7 +242,7 @@ PolicyInfo dynsparse_policy_info() {
   info.params = {
       {"keep", ParamInfo::Kind::kFloat, "0.5", {}, 0, 1, "fraction of generated tokens kept in layers >= K (> 0)"},
       {"layer", ParamInfo::Kind::kInt, "2", {}, 0, 1 << 20, "K: the first layer where dropped tokens are not stored"},
-      {"decider", ParamInfo::Kind::kChoice, "knorm", {"random", "knorm", "probe", "mlp"}, 0, 0,
+      {"decider", ParamInfo::Kind::kChoice, "knorm", {std::begin(TokenScorer::kChoices), std::end(TokenScorer::kChoices)}, 0, 0,
        "random: rate-matched control; knorm: low layer-K key norm is kept; probe, mlp: learned (calib=FILE)"},
       {"calib", ParamInfo::Kind::kString, "none", {}, 0, 0, "decider file from kvlab calibrate (probe, mlp)"},
       {"seed", ParamInfo::Kind::kInt, "1", {}, 0, 2147483647, "seed of decider=random"},
@@ -307,13 +253,6 @@ PolicyInfo dynsparse_policy_info() {
     DynSparseConfig cfg;
     cfg.keep = p.get_float("keep");
     cfg.layer = p.get_int("layer");
-    const std::string decider = p.get("decider");
-    cfg.decider = decider == "random" ? Decider::kRandom
-                  : decider == "knorm" ? Decider::kKnorm
-                  : decider == "probe" ? Decider::kProbe
-                                       : Decider::kMlp;
-    const std::string calib = p.get("calib") == "none" ? "" : p.get("calib");
-    cfg.seed = uint64_t(p.get_int("seed"));
     KVLAB_ASSIGN_OR_RETURN(cfg.base, p.get_spec("base"));
     if (!(cfg.keep > 0)) {
       return invalid_argument("dynsparse: keep=" + p.get("keep") + " keeps no generated token; keep is in (0, 1]");
@@ -323,19 +262,9 @@ PolicyInfo dynsparse_policy_info() {
                               std::to_string(ctx.first_layer) + ".." + std::to_string(ctx.last_layer) +
                               " this policy covers");
     }
-    const bool learned = is_learned(cfg.decider);
-    if (learned && calib.empty()) {
-      return invalid_argument("dynsparse: decider=" + decider + " needs calib=FILE (made by kvlab calibrate --policy " +
-                              "dynsparse:decider=" + decider + ",layer=" + std::to_string(cfg.layer) + ")");
-    }
-    if (!learned && !calib.empty()) {
-      return invalid_argument("dynsparse: calib=FILE given with decider=" + decider + ", which learns nothing");
-    }
-    if (learned) {
-      KVLAB_ASSIGN_OR_RETURN(DeciderFile f, DeciderFile::load(calib, ctx.geometry, cfg.layer,
-                                                              cfg.decider == Decider::kMlp ? DeciderKind::kMlp : DeciderKind::kProbe));
-      cfg.net = std::move(f.net);
-    }
+    KVLAB_ASSIGN_OR_RETURN(cfg.scorer, TokenScorer::make("dynsparse", p.get("decider"),
+                                                         p.get("calib") == "none" ? "" : p.get("calib"),
+                                                         uint64_t(p.get_int("seed")), ctx.geometry, cfg.layer));
     if (!find_policy(cfg.base.name)->stores_selectively) {
       return invalid_argument("dynsparse: base=" + cfg.base.text + " cannot leave a token unstored; the kept tokens " +
                               "live in full, kivi, quant or streaming");

@@ -16,11 +16,18 @@
 //   tova    TOVA (Oren et al. 2024): the probability from the current query, averaged over the
 //           layer's query heads; the token just written is a candidate too.
 //   recent  the oldest generated token (StreamingLLM's window over the generated tokens only).
+//   random, knorm, probe, mlp
+//           the dynsparse deciders' score (kvcache/dynsparse_decider.h, TokenScorer), given once
+//           when the token enters layer K and never changed: dynsparse's decide-once from the
+//           same information, applied late. dynsparse drops half of the newest tokens, which the
+//           next queries need most (rel_ppl +220-480% on SmolLM2, docs/results.md); here the
+//           newest min(recent, budget) generated tokens are never evicted, as with h2o, and the
+//           lowest-scored older ones go first. Not in the Dynamic-LLaVA paper: our variant.
 //
 // The probabilities come from an AttentionObserver that the policy puts between the attention
 // engine and the cache's own observer (as lighttransfer does); it asks only for the generated
 // queries of layers >= K, and the engine computes them inside attend(), so their cost is part of
-// this policy's attention time. score=recent and keep=1 observe nothing.
+// this policy's attention time. recent, the decider scores and keep=1 observe nothing.
 //
 // Storage in layers >= K: per (layer, sequence) a dense store of exact tokens (f32, f16 or bf16,
 // keys post-RoPE) in slots 0..n-1, laid out as the full cache's ring (kvcache/token_ring.h):
@@ -35,6 +42,7 @@
 
 #include "base/check.h"
 #include "kernels/cpu/kv_quantize.h"
+#include "kvcache/dynsparse_decider.h"
 #include "kvcache/formats.h"
 #include "kvcache/policies/batch_attention.h"
 #include "kvcache/policies/policies.h"
@@ -45,7 +53,7 @@ namespace {
 
 constexpr uint32_t kStateVersion = 1;
 
-enum class Score { kH2o, kTova, kRecent };
+enum class Score { kH2o, kTova, kRecent, kDecider };
 
 struct EvictConfig {
   double keep = 0.5;
@@ -53,25 +61,29 @@ struct EvictConfig {
   Score score = Score::kH2o;
   int recent = 32;
   KvFormat dtype = KvFormat::kF16;
+  TokenScorer scorer;  // kDecider
 };
 
 class EvictPolicy final : public Policy {
  public:
-  EvictPolicy(const PolicyContext& ctx, const EvictConfig& cfg)
+  EvictPolicy(const PolicyContext& ctx, EvictConfig cfg)
       : Policy(ctx),
-        cfg_(cfg),
+        cfg_(std::move(cfg)),
         page_tokens_(ring_page_tokens(ctx.geometry.max_seq_len)),
-        elem_bytes_(int64_t(ctx.geometry.head_dim) * element_bytes(cfg.dtype)),
+        elem_bytes_(int64_t(ctx.geometry.head_dim) * element_bytes(cfg_.dtype)),
         page_bytes_(2 * int64_t(ctx.geometry.n_kv_heads) * page_tokens_ * elem_bytes_),
         observer_(this) {
     hi_ctx_ = ctx;
     hi_ctx_.observer = &observer_slot_;
     seqs_.reserve(size_t(ctx.max_seqs));
     for (int s = 0; s < ctx.max_seqs; ++s) seqs_.emplace_back(ctx.ledger);
-    const size_t n_stores = size_t(ctx.last_layer - cfg.layer + 1) * ctx.max_seqs;
+    const size_t n_stores = size_t(ctx.last_layer - cfg_.layer + 1) * ctx.max_seqs;
     stores_.reserve(n_stores);
     for (size_t i = 0; i < n_stores; ++i) stores_.emplace_back(ctx.ledger);
+    side_bytes_ = cfg_.scorer.n_params() * int64_t(sizeof(float));
+    ctx_.ledger->add(MemoryKind::kSide, side_bytes_);
   }
+  ~EvictPolicy() override { ctx_.ledger->sub(MemoryKind::kSide, side_bytes_); }
 
   // Layers < K: the full cache in the store's element type.
   Status init() {
@@ -89,7 +101,12 @@ class EvictPolicy final : public Policy {
     if (layer < cfg_.layer) return lo_->attend(layer, batch, q, k, v, out);
     if (layer == cfg_.layer) {
       for (const SeqSpan& sp : batch.seqs) {
-        seqs_[size_t(sp.seq)].step_pos = sp.n_new == 1 && sp.start_pos > 0 ? sp.start_pos : -1;
+        Seq& s = seqs_[size_t(sp.seq)];
+        s.step_pos = TokenScorer::generated(sp) ? sp.start_pos : -1;
+        //   k: pre-RoPE keys of layer K, [n_rows, kv_dim]
+        if (s.step_pos >= 0 && cfg_.score == Score::kDecider) {
+          s.step_score = cfg_.scorer.score(sp.row, k + size_t(sp.row) * ctx_.geometry.kv_dim(), uint64_t(s.count()));
+        }
       }
     }
     std::vector<History> histories;
@@ -98,8 +115,9 @@ class EvictPolicy final : public Policy {
     for (const SeqSpan& sp : batch.seqs) {
       KVLAB_CHECK(sp.store);  // the registry entry does not claim stores_selectively
       Store& st = store(layer, sp.seq);
-      // The observer adds this step's probabilities to the scores (TOVA: replaces them).
-      st.new_score = 0;
+      // The observer adds this step's probabilities to the scores (TOVA: replaces them); a
+      // decider's score is the token's own from layer K.
+      st.new_score = cfg_.score == Score::kDecider ? seqs_[size_t(sp.seq)].step_score : 0;
       if (cfg_.score == Score::kTova && observing(sp.seq, sp.start_pos)) std::fill(st.scores.begin(), st.scores.end(), 0.0f);
       histories.emplace_back(this, &st);
       views.push_back(&histories.back());
@@ -119,6 +137,7 @@ class EvictPolicy final : public Policy {
 
   void commit(const ForwardBatch& batch) override {
     if (lo_) lo_->commit(batch);
+    cfg_.scorer.clear();
     for (const SeqSpan& sp : batch.seqs) {
       Seq& s = seqs_[size_t(sp.seq)];
       if (s.step_pos >= 0) {
@@ -256,6 +275,16 @@ class EvictPolicy final : public Policy {
     out.add("generated_tokens", generated_)
         .add("evicted_tokens", evicted_)
         .add("evicting_layers", int64_t(ctx_.last_layer - cfg_.layer + 1));
+    if (cfg_.scorer.scored()) out.add("decider_us_per_token", 1e6 * cfg_.scorer.seconds() / double(cfg_.scorer.scored()));
+  }
+
+  bool wants_hidden(int layer) const override {
+    return learned(layer) || (lo_ && layer < cfg_.layer && lo_->wants_hidden(layer));
+  }
+  //   h: [n_rows, dim] the residual stream entering `layer`
+  void observe_hidden(int layer, const ForwardBatch& batch, const float* h, int dim) override {
+    if (learned(layer)) cfg_.scorer.observe(batch, h, dim);
+    if (lo_ && layer < cfg_.layer && lo_->wants_hidden(layer)) lo_->observe_hidden(layer, batch, h, dim);
   }
 
  private:
@@ -266,6 +295,7 @@ class EvictPolicy final : public Policy {
     // (a decode is one run; a prompt chunk fed after generated tokens starts another).
     TrackedVector<int32_t> generated;
     int32_t step_pos = -1;  // position of this forward's generated token; -1: none
+    float step_score = 0;   // its decider score (score=decider choices)
 
     int64_t count() const {
       int64_t g = 0;
@@ -289,7 +319,7 @@ class EvictPolicy final : public Policy {
           scores(tracked<float>(ledger, MemoryKind::kMeta)) {}
     TrackedVector<Page> pages;         // [ceil(n / P)] each page_bytes_ (kPayload)
     TrackedVector<int32_t> positions;  // [n]
-    TrackedVector<float> scores;       // [n] h2o / tova (prompt slots: unused); recent: empty
+    TrackedVector<float> scores;       // [n] h2o / tova / deciders (prompt slots: unused); recent: empty
     int n_generated = 0;               // slots holding generated tokens
     float new_score = 0;               // the token being written: its score in this step
   };
@@ -344,11 +374,13 @@ class EvictPolicy final : public Policy {
     return stores_[size_t(layer - cfg_.layer) * ctx_.max_seqs + seq];
   }
   TrackedAllocator<uint8_t> page_allocator() const { return TrackedAllocator<uint8_t>(ctx_.ledger, MemoryKind::kPayload); }
+  bool learned(int layer) const { return layer == cfg_.layer && cfg_.keep < 1.0 && cfg_.scorer.learned(); }
 
   // Whether the query at `pos` of `seq` is this forward's generated token, and its probabilities
   // are needed (only layers >= K attend through the observer).
   bool observing(int seq, int32_t pos) const {
-    return cfg_.score != Score::kRecent && cfg_.keep < 1.0 && seqs_[size_t(seq)].step_pos == pos;
+    return (cfg_.score == Score::kH2o || cfg_.score == Score::kTova) && cfg_.keep < 1.0 &&
+           seqs_[size_t(seq)].step_pos == pos;
   }
 
   // ceil(keep * G); the small margin keeps 0.3 * 10 = 3.0000000000000004 at 3.
@@ -406,12 +438,13 @@ class EvictPolicy final : public Policy {
     if (st.positions.empty()) st = Store(ctx_.ledger);  // an empty store holds no memory
   }
 
-  // The slot to evict: the lowest score among the stored generated tokens (H2O: except the
-  // newest min(recent, budget)); recency: the lowest position. Ties go to the lower slot.
+  // The slot to evict: the lowest score among the stored generated tokens (H2O and the
+  // deciders: except the newest min(recent, budget)); recency: the lowest position. Ties go to
+  // the lower slot.
   int victim(const Store& st, const Seq& s, int64_t budget) const {
     const int n = int(st.positions.size());
     int32_t protect_from = INT32_MAX;  // H2O: positions >= this are in the recent window
-    if (cfg_.score == Score::kH2o) {
+    if (cfg_.score == Score::kH2o || cfg_.score == Score::kDecider) {
       const int64_t r = std::min<int64_t>(cfg_.recent, budget);
       if (r > 0) {
         std::vector<int32_t> gen;  // [n_generated] positions of the stored generated tokens
@@ -457,6 +490,7 @@ class EvictPolicy final : public Policy {
   const AttentionObserver* observer_slot_ = &observer_;  // what attention in layers >= K reports to
   PolicyContext hi_ctx_;                                 // ctx_ with that observer
   int64_t generated_ = 0, evicted_ = 0;                  // report
+  int64_t side_bytes_ = 0;                               // a learned decider's weights (kSide)
 };
 
 }  // namespace
@@ -469,9 +503,12 @@ PolicyInfo evict_policy_info() {
       {"keep", ParamInfo::Kind::kFloat, "0.5", {}, 0, 1,
        "generated tokens kept in layers >= K: ceil(keep * generated so far) (> 0)"},
       {"layer", ParamInfo::Kind::kInt, "2", {}, 0, 1 << 20, "K: the first layer that evicts"},
-      {"score", ParamInfo::Kind::kChoice, "h2o", {"h2o", "tova", "recent"}, 0, 0,
-       "h2o: accumulated attention; tova: the current query's attention; recent: the oldest goes"},
-      {"recent", ParamInfo::Kind::kInt, "32", {}, 0, 1 << 20, "h2o: newest generated tokens never evicted"},
+      {"score", ParamInfo::Kind::kChoice, "h2o", {"h2o", "tova", "recent", "random", "knorm", "probe", "mlp"}, 0, 0,
+       "h2o: accumulated attention; tova: the current query's attention; recent: the oldest goes; "
+       "random, knorm, probe, mlp: dynsparse's decider score at layer K, lowest goes (probe, mlp: calib=FILE)"},
+      {"recent", ParamInfo::Kind::kInt, "32", {}, 0, 1 << 20, "h2o and the deciders: newest generated tokens never evicted"},
+      {"calib", ParamInfo::Kind::kString, "none", {}, 0, 0, "decider file from kvlab calibrate (score=probe, mlp)"},
+      {"seed", ParamInfo::Kind::kInt, "1", {}, 0, 2147483647, "seed of score=random"},
       {"dtype", ParamInfo::Kind::kChoice, "f16", {"f32", "f16", "bf16"}, 0, 0, "element type of stored keys and values"},
   };
   info.make = [](const PolicyContext& ctx, const PolicyParams& p) -> StatusOr<std::unique_ptr<Policy>> {
@@ -479,7 +516,7 @@ PolicyInfo evict_policy_info() {
     cfg.keep = p.get_float("keep");
     cfg.layer = p.get_int("layer");
     const std::string score = p.get("score");
-    cfg.score = score == "h2o" ? Score::kH2o : score == "tova" ? Score::kTova : Score::kRecent;
+    cfg.score = score == "h2o" ? Score::kH2o : score == "tova" ? Score::kTova : score == "recent" ? Score::kRecent : Score::kDecider;
     cfg.recent = p.get_int("recent");
     KVLAB_ASSIGN_OR_RETURN(cfg.dtype, parse_dense_format(p.get("dtype")));
     if (!(cfg.keep > 0)) {
@@ -490,13 +527,25 @@ PolicyInfo evict_policy_info() {
                               std::to_string(ctx.first_layer) + ".." + std::to_string(ctx.last_layer) +
                               " this policy covers");
     }
-    auto policy = std::make_unique<EvictPolicy>(ctx, cfg);
+    const std::string calib = p.get("calib") == "none" ? "" : p.get("calib");
+    if (cfg.score == Score::kDecider) {
+      KVLAB_ASSIGN_OR_RETURN(cfg.scorer, TokenScorer::make("evict", score, calib, uint64_t(p.get_int("seed")), ctx.geometry,
+                                                           cfg.layer));
+    } else if (!calib.empty()) {
+      return invalid_argument("evict: calib=FILE given with score=" + score + ", which learns nothing");
+    }
+    auto policy = std::make_unique<EvictPolicy>(ctx, std::move(cfg));
     KVLAB_RETURN_IF_ERROR(policy->init());
     return std::unique_ptr<Policy>(std::move(policy));
   };
   info.test_specs = {"evict:keep=0.3,layer=1,score=h2o,recent=4",
                      "evict:keep=0.5,layer=1,score=tova,dtype=f32",
-                     "evict:keep=0.4,layer=1,score=recent,dtype=bf16"};
+                     "evict:keep=0.4,layer=1,score=recent,dtype=bf16",
+                     "evict:keep=0.5,layer=1,score=knorm,recent=2",
+                     "evict:keep=0.4,layer=1,score=mlp,calib={test_dir}/evict_mlp1.bin,recent=3"};
+  info.prepare_test = [](const KvGeometry& g, const std::string& dir) -> Status {
+    return DeciderFile::untrained(g, 1, DeciderKind::kMlp, 1).save(dir + "/evict_mlp1.bin");
+  };
   info.off_spec = "evict:keep=1,dtype=f32";
   info.roundtrip_tolerance = [](const PolicyParams& p) {
     return dense_relative_error(parse_dense_format(p.get("dtype")).value());
