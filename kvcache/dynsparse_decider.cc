@@ -2,9 +2,9 @@
 
 #include <algorithm>
 #include <chrono>
-#include <iterator>
 #include <cmath>
 #include <cstdio>
+#include <iterator>
 #include <numeric>
 #include <random>
 
@@ -233,12 +233,12 @@ uint64_t splitmix64(uint64_t x) {
   return x ^ (x >> 31);
 }
 
-}  // namespace
-
-bool TokenScorer::is_choice(const std::string& decider) {
-  return std::find_if(std::begin(kChoices), std::end(kChoices), [&](const char* c) { return decider == c; }) !=
-         std::end(kChoices);
+bool is_choice(const std::string& decider) {
+  return std::find_if(std::begin(TokenScorer::kChoices), std::end(TokenScorer::kChoices),
+                      [&](const char* c) { return decider == c; }) != std::end(TokenScorer::kChoices);
 }
+
+}  // namespace
 
 StatusOr<TokenScorer> TokenScorer::make(const std::string& policy, const std::string& decider, const std::string& calib,
                                         uint64_t seed, const KvGeometry& g, int layer) {
@@ -281,6 +281,10 @@ void TokenScorer::observe(const ForwardBatch& batch, const float* h, int dim) {
   }
   seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   scored_ += n;
+}
+
+void TokenScorer::report(JsonObject& out) const {
+  if (scored_) out.add("decider_us_per_token", 1e6 * seconds_ / double(scored_));
 }
 
 float TokenScorer::score(int row, const float* k, uint64_t index) const {

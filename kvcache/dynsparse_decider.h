@@ -27,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "base/json.h"
 #include "base/status.h"
 #include "kvcache/forward_batch.h"
 #include "kvcache/policy.h"
@@ -110,14 +111,12 @@ class TokenScorer {
   enum class Kind { kRandom, kKnorm, kProbe, kMlp };
   static constexpr const char* kChoices[] = {"random", "knorm", "probe", "mlp"};
 
-  // From a policy's `decider`, `calib` and `seed` parameters (named `decider_key` etc.); refuses
-  // a learned decider without calib=FILE, a file for another model, layer or kind, and a calib
+  // From a policy's decider name (one of kChoices), calib file ("" for none) and seed; refuses a
+  // learned decider without calib=FILE, a file for another model, layer or kind, and a calib
   // file given to a decider that learns nothing. `policy` names the policy in messages.
   static StatusOr<TokenScorer> make(const std::string& policy, const std::string& decider, const std::string& calib,
                                     uint64_t seed, const KvGeometry& g, int layer);
-  static bool is_choice(const std::string& decider);
 
-  Kind kind() const { return kind_; }
   bool learned() const { return kind_ == Kind::kProbe || kind_ == Kind::kMlp; }
   int64_t n_params() const { return learned() ? net_.n_params() : 0; }
 
@@ -129,8 +128,8 @@ class TokenScorer {
   // Frees the current forward's learned scores (call at commit).
   void clear() { std::vector<float>().swap(hidden_scores_); }
 
-  double seconds() const { return seconds_; }  // in the learned network
-  int64_t scored() const { return scored_; }   // rows the network scored
+  // "decider_us_per_token": time in the learned network per token it scored (none scored: nothing).
+  void report(JsonObject& out) const;
 
   static bool generated(const SeqSpan& sp) { return sp.n_new == 1 && sp.start_pos > 0; }
 

@@ -169,7 +169,7 @@ class DynSparsePolicy final : public Policy {
     out.add("decided_tokens", decided_)
         .add("kept_tokens", kept_)
         .add("keep_rate", decided_ ? double(kept_) / double(decided_) : 1.0);
-    if (cfg_.scorer.scored()) out.add("decider_us_per_token", 1e6 * cfg_.scorer.seconds() / double(cfg_.scorer.scored()));
+    cfg_.scorer.report(out);
   }
 
   bool wants_hidden(int layer) const override { return learned(layer) || part(layer).wants_hidden(layer); }

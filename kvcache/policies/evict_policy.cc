@@ -275,7 +275,7 @@ class EvictPolicy final : public Policy {
     out.add("generated_tokens", generated_)
         .add("evicted_tokens", evicted_)
         .add("evicting_layers", int64_t(ctx_.last_layer - cfg_.layer + 1));
-    if (cfg_.scorer.scored()) out.add("decider_us_per_token", 1e6 * cfg_.scorer.seconds() / double(cfg_.scorer.scored()));
+    cfg_.scorer.report(out);
   }
 
   bool wants_hidden(int layer) const override {
