@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <pybind11/embed.h>
 
+#include <cstdio>
 #include <cstring>
 
 #include "python_bindings/bindings.h"
@@ -15,7 +16,16 @@ namespace py = pybind11;
 PYBIND11_EMBEDDED_MODULE(_kvlab_in_process, m) { kvlab::python::define_module(m); }
 
 int main(int argc, char** argv) {
-  py::scoped_interpreter python;
+  // As the configured Python: a virtual environment's pyvenv.cfg beside that path puts its
+  // site-packages on sys.path, which a plain embedded interpreter (prefix /usr) would not see.
+  PyConfig config;
+  PyConfig_InitPythonConfig(&config);
+  PyStatus status = PyConfig_SetBytesString(&config, &config.program_name, KVLAB_PYTHON_EXECUTABLE);
+  if (PyStatus_Exception(status)) {
+    std::fprintf(stderr, "python_conformance_test: cannot set the program name %s\n", KVLAB_PYTHON_EXECUTABLE);
+    return 2;
+  }
+  py::scoped_interpreter python(&config);
   try {
     py::module_ sys = py::module_::import("sys");
     sys.attr("modules")["kvlab._kvlab"] = py::module_::import("_kvlab_in_process");
