@@ -32,15 +32,18 @@
 // Histories. Every sequence of a step reads its own store, built from its own random data, and
 // no step finds its histories in the last-level cache (a decoder reads a layer's history once per
 // step with every other layer in between). Each (format, layout, context) builds a pool of
-// max(batch, ceil(cold / store bytes)) stores, cold = cold_bytes(64 MiB) (bench/bandwidth.h:
-// 2x the last-level cache, 64 MiB on a 32 MiB L3, 960 MiB on a 480 MiB one), and step
-// after step the batch takes the next `batch` stores of the pool in rotation: between two reads
-// of the same byte at least that much other history is read. (A small history, e.g. 1K tokens
-// of SmolLM2 in f32 = 1.5 MiB, gets 43 stores on a 32 MiB L3; the largest, 64K tokens of Llama-3-8B in f32 =
-// 512 MiB, gets `batch` stores: 4.3 GB for b:8.) Building a b:8 pool at ctx 64K takes a few
-// seconds (the scalar writers: about 1 s per 64K-token Llama sequence in the integer formats),
-// so no sequence shares another's store. The pool depends on (format, layout, context) only:
-// b:8 extends the pool b:1 built, and the pool is freed when a configuration needs another.
+// max(batch, ceil(cold / store bytes)) stores, cold = cold_bytes(256 MiB) (bench/bandwidth.h:
+// 2x the last-level cache, at least 256 MiB; 960 MiB on a 480 MiB L3), and step after step the
+// batch takes the next `batch` stores of the pool in rotation: between two reads of the same byte
+// at least that much other history is read. Why 256 MiB and not 2x a 32 MiB L3: Zen 4's L3 (a
+// victim cache) does not evict in LRU order and kept part of a 72 MiB rotation: SmolLM2's f16
+// history at 32K read at 1.03 of the STREAM figure from it, 0.77 from 256 MiB. (A small
+// history, e.g. 1K tokens of SmolLM2 in f32 = 1.5 MiB, gets 171 stores; the largest, 64K tokens
+// of Llama-3-8B in f32 = 512 MiB, gets `batch` stores: 4.3 GB for b:8.) Building a b:8 pool at
+// ctx 64K takes a few seconds (the scalar writers: about 1 s per 64K-token Llama sequence in the
+// integer formats), so no sequence shares another's store. The pool depends on (format, layout,
+// context) only: b:8 extends the pool b:1 built, and the pool is freed when a configuration needs
+// another.
 //
 // Inputs come from xorshift: normal-ish values (sum of four uniforms), keys with 1 channel in 32
 // of larger magnitude and offset, like the outlier channels of real keys.
@@ -77,7 +80,7 @@ namespace {
 
 constexpr int kKiviGroup = 128;                       // block tokens; int* key and value group
 constexpr int kKiviPolicyGroup = 32;                  // the kivi policy's default group
-const int64_t kColdBytes = int64_t(cold_bytes(size_t(64) << 20));  // history bytes per pool
+const int64_t kColdBytes = int64_t(cold_bytes(size_t(256) << 20));  // history bytes per pool
 constexpr int kGenTokens = 128;                       // tokens generated at a time while building
 
 double g_stream_gbps = 0;
