@@ -80,6 +80,16 @@ inline void read_ahead_lines(const ReadAhead& a, int64_t off, int64_t bytes) {
   for (int64_t o = off; o < end; o += 64) __builtin_prefetch(a.p + o, 0, 2);
 }
 
+// Share [done, done + count) of `total` units of this block's work: the same share of the
+// read-ahead region's lines, so that the next block's reads spread over all of this block's
+// arithmetic instead of a burst at its start.
+inline void read_ahead_share(const ReadAhead& a, int64_t done, int64_t count, int64_t total) {
+  if (!a.p) return;
+  const int64_t lines = (a.bytes + 63) / 64;
+  const int64_t first = lines * done / total, last = lines * (done + count) / total;
+  for (int64_t l = first; l < last; ++l) __builtin_prefetch(a.p + 64 * l, 0, 2);
+}
+
 // The `bytes` bytes that follow each of the arrays at a and b (scales and zeros), at once.
 inline void read_ahead_meta(const void* a, const void* b, int64_t bytes) {
   for (int64_t o = 0; o < bytes; o += 64) {
