@@ -269,6 +269,7 @@ KVLAB_TARGET_AVX2 inline void natural_order(const __m256i (&x)[2][2], __m256i (&
 // ---- The other operand, quantized -------------------------------------------------------------
 
 constexpr int kChunk = 128;  // tokens per probability quantization (the VNNI paths' chunk)
+static_assert(kChunk % 2 == 0, "a chunk is whole token pairs");
 
 // One row's other operand for one block (keys: the query, entries = channels, G = 1) or chunk
 // (values: the probabilities, entry e = token e / G, group e % G): x'[e] = x[e / G] * scale[e],
@@ -459,10 +460,10 @@ KVLAB_TARGET_AVX2 void token_acc_rows(const KvBlock& v, const float* p, float* a
   read_ahead_meta(v.scale, v.zero, 2 * int64_t(n) * G);
   QuantOperand qp[R];
   // The next block's lines in step with the work (units: channel tiles x token pairs; as for the
-  // scores). done: the units of the chunks before this one.
+  // scores). Chunks before the last are whole pairs (kChunk is even): chunk j0 starts after
+  // tiles * j0 / 2 units, and the block holds tiles * ceil(n / 2).
   const int tiles = d / tile_codes(BITS);
-  const int64_t total = int64_t(tiles) * (n / kChunk * (kChunk / 2) + (n % kChunk + 1) / 2);
-  int64_t done = 0;
+  const int64_t total = int64_t(tiles) * ((n + 1) / 2);
   for (int j0 = 0; j0 < n; j0 += kChunk) {
     const int nc = std::min(kChunk, n - j0), npairs = (nc + 1) / 2;
     quantize_operand<R, BITS, false>(p + j0, n, v.scale + int64_t(j0) * G, v.zero + int64_t(j0) * G, nc * G,
@@ -484,7 +485,8 @@ KVLAB_TARGET_AVX2 void token_acc_rows(const KvBlock& v, const float* p, float* a
         __m256i a16[R][2];
         KVLAB_UNROLL
         for (int r = 0; r < R; ++r) a16[r][0] = a16[r][1] = _mm256_setzero_si256();
-        read_ahead_share(ah, done + int64_t(c0 / tile_codes(BITS)) * npairs + t0, t1 - t0, total);
+        const int64_t unit = int64_t(tiles) * (j0 / 2) + int64_t(c0 / tile_codes(BITS)) * npairs + t0;
+        read_ahead_share(ah, unit, t1 - t0, total);
         const uint8_t* a = v.data + int64_t(j0 + 2 * t0) * v.stride + off;
         const int tf = std::min(t1, nc / 2);  // full pairs, then the odd last token against zeros
         for (int t = t0; t < tf; ++t, a += 2 * v.stride) madd_step<R, BITS, false>(a, a + v.stride, pd, t * G, a16);
@@ -509,7 +511,6 @@ KVLAB_TARGET_AVX2 void token_acc_rows(const KvBlock& v, const float* p, float* a
         }
       }
     }
-    done += int64_t(tiles) * npairs;
   }
 }
 
