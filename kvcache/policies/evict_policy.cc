@@ -39,6 +39,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <iterator>
+#include <string>
+#include <vector>
 
 #include "base/check.h"
 #include "kernels/cpu/kv_quantize.h"
@@ -499,11 +502,13 @@ PolicyInfo evict_policy_info() {
   PolicyInfo info;
   info.name = "evict";
   info.summary = "H2O / TOVA / recency eviction of generated tokens in layers >= K, to dynsparse's budget";
+  std::vector<std::string> scores = {"h2o", "tova", "recent"};
+  scores.insert(scores.end(), std::begin(TokenScorer::kChoices), std::end(TokenScorer::kChoices));  // kDecider
   info.params = {
       {"keep", ParamInfo::Kind::kFloat, "0.5", {}, 0, 1,
        "generated tokens kept in layers >= K: ceil(keep * generated so far) (> 0)"},
       {"layer", ParamInfo::Kind::kInt, "2", {}, 0, 1 << 20, "K: the first layer that evicts"},
-      {"score", ParamInfo::Kind::kChoice, "h2o", {"h2o", "tova", "recent", "random", "knorm", "probe", "mlp"}, 0, 0,
+      {"score", ParamInfo::Kind::kChoice, "h2o", scores, 0, 0,
        "h2o: accumulated attention; tova: the current query's attention; recent: the oldest goes; "
        "random, knorm, probe, mlp: dynsparse's decider score at layer K, lowest goes (probe, mlp: calib=FILE)"},
       {"recent", ParamInfo::Kind::kInt, "32", {}, 0, 1 << 20, "h2o and the deciders: newest generated tokens never evicted"},
