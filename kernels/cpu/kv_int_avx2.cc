@@ -76,46 +76,6 @@ constexpr int steps_in_sums(int bits, bool is_signed) {
   return bits == 8 ? (1 << 30) : (is_signed ? 32767 : 65535) / pair_max;
 }
 
-// Quantization: x[0 .. count) (count % 32 == 0, zero-padded past the data) rounded to the nearest
-// integer of x * inv (ties to even) and stored at out as T (int8_t, uint8_t or int16_t; the values
-// already lie in range). Returns the rounding residues x - step * rounded summed per lane: lane i
-// holds the indices i (mod 8).
-template <class T>
-KVLAB_TARGET_AVX2 __m256 round_to(const float* x, int count, float inv, float step, T* out) {
-  const __m256 vi = _mm256_set1_ps(inv), vs = _mm256_set1_ps(step);
-  __m256 res = _mm256_setzero_ps();
-  for (int i = 0; i < count; i += 32) {
-    __m256i w[4];
-    KVLAB_UNROLL
-    for (int k = 0; k < 4; ++k) {
-      const __m256 v = _mm256_load_ps(x + i + 8 * k);
-      w[k] = _mm256_cvtps_epi32(_mm256_mul_ps(v, vi));
-      res = _mm256_add_ps(res, _mm256_fnmadd_ps(vs, _mm256_cvtepi32_ps(w[k]), v));
-    }
-    // The packs interleave their sources per 128-bit lane; the permutes restore the order.
-    const __m256i w01 = _mm256_packs_epi32(w[0], w[1]), w23 = _mm256_packs_epi32(w[2], w[3]);
-    if constexpr (sizeof(T) == 2) {
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), _mm256_permute4x64_epi64(w01, 0xd8));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i + 16), _mm256_permute4x64_epi64(w23, 0xd8));
-    } else {
-      const __m256i b = std::is_signed_v<T> ? _mm256_packs_epi16(w01, w23) : _mm256_packus_epi16(w01, w23);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i),
-                          _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
-    }
-  }
-  return res;
-}
-
-// Byte pairs -> the vpmaddubsw operands: out[i] = pair i (bytes 2i, 2i + 1) in both 16-bit halves,
-// so that one vpbroadcastd (a plain load) spreads it over the vector. count % 32 == 0.
-KVLAB_TARGET_AVX2 void duplicate_pairs(const uint8_t* bytes, int count, uint32_t* out) {
-  for (int i = 0; i < count; i += 16) {
-    const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes + i));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i / 2), _mm_unpacklo_epi16(x, x));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i / 2 + 4), _mm_unpackhi_epi16(x, x));
-  }
-}
-
 // ---- Expansion -------------------------------------------------------------------------------
 
 // 8 bytes of streams a and b as the words (a[i], b[i]), i < 8, in both 128-bit lanes.
@@ -209,7 +169,7 @@ KVLAB_TARGET_AVX2 inline void widen_add(__m256i a16, __m256i (&acc)[2]) {
 
 // One step: the tile of streams a and b expanded once, then for each row r the running sums
 // a16[r][u] += vpmaddubsw of y[u] and row r's operand pair op[r][idx] (in both halves of a dword,
-// duplicate_pairs; 16-bit lanes); CodesFirst: the codes are the u8 operand (keys), else the pair
+// round_operand; 16-bit lanes); CodesFirst: the codes are the u8 operand (keys), else the pair
 // (values). 8 bits: a16 += vpmaddwd of y[u] and the 16-bit pair op[r][idx] (32-bit lanes).
 template <int R, int BITS, bool CodesFirst>
 KVLAB_TARGET_AVX2 inline __attribute__((always_inline)) void madd_step(const uint8_t* a, const uint8_t* b,
@@ -277,7 +237,7 @@ static_assert(kChunk % 2 == 0, "a chunk is whole token pairs");
 //   z[g] = sum_e x[e / G] zero[e] + m sum_e (x'[e] - step xi[e]),  m = (2^bits - 1) / 2.
 struct QuantOperand {
   // Step p's operand for group g, op[p * G + g]: the pair (xi of token / channel 2p, 2p + 1) of
-  // group g, bytes in both 16-bit halves (duplicate_pairs) or, for 8-bit codes, 16-bit words.
+  // group g, bytes in both 16-bit halves (round_operand) or, for 8-bit codes, 16-bit words.
   alignas(32) uint32_t op[kMaxSimdD / 2 + 16];
   float step;
   float z[kMaxGroups];
@@ -302,9 +262,61 @@ constexpr PairTables make_pair_tables() {
 }
 constexpr PairTables kPairTables = make_pair_tables();
 
+// v's lane i belongs to group i % G (G = 2^lg <= 8): out[g] = the sum of group g's lanes, g < G.
+KVLAB_TARGET_AVX2 inline void fold_groups(__m256 v, int lg, float* out) {
+  if (lg == 3) return _mm256_storeu_ps(out, v);
+  __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));  // lane i: i, i + 4
+  if (lg <= 1) x = _mm_add_ps(x, _mm_movehl_ps(x, x));                            // i, i + 2, ...
+  if (lg == 0) x = _mm_add_ss(x, _mm_movehdup_ps(x));                             // all
+  alignas(16) float l[4];
+  _mm_store_ps(l, x);
+  for (int g = 0; g < (1 << lg); ++g) out[g] = l[g];
+}
+
+// One row's xp[0 .. ep) (ep % 32 == 0, zero past the entries) rounded to the nearest integer of
+// xp * inv (ties to even) and written as the operands of the madd steps (QuantOperand::op).
+// Returns the integers' sums: lane i holds those of the entries of group i % G. 2-4-bit codes:
+// bytes (int8 if Signed, else uint8; the values already lie in range) regrouped
+// [pair][group][token] and each pair duplicated into both halves of its dword; 8-bit codes:
+// 16-bit words (G = 1).
+template <int BITS, bool Signed>
+KVLAB_TARGET_AVX2 __m256i round_operand(const float* xp, int ep, int lg, float inv, uint32_t* op) {
+  const __m256 vi = _mm256_set1_ps(inv);
+  const __m256i idx = _mm256_load_si256(reinterpret_cast<const __m256i*>(kPairTables.idx[lg]));
+  __m256i sums = _mm256_setzero_si256();  // 8 bits: 32-bit lanes; else 16-bit (<= 33 x 2 x 255 for ep <= 1056)
+  for (int i = 0; i < ep; i += 32) {
+    __m256i w[4];
+    KVLAB_UNROLL
+    for (int k = 0; k < 4; ++k) w[k] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_load_ps(xp + i + 8 * k), vi));
+    // The packs interleave their sources per 128-bit lane; the permutes restore the order.
+    const __m256i w01 = _mm256_packs_epi32(w[0], w[1]), w23 = _mm256_packs_epi32(w[2], w[3]);
+    if constexpr (BITS == 8) {
+      const __m256i ones = _mm256_set1_epi16(1);
+      sums = _mm256_add_epi32(sums, _mm256_add_epi32(_mm256_madd_epi16(w01, ones), _mm256_madd_epi16(w23, ones)));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(op + i / 2), _mm256_permute4x64_epi64(w01, 0xd8));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(op + i / 2 + 8), _mm256_permute4x64_epi64(w23, 0xd8));
+    } else {
+      __m256i b = _mm256_permutevar8x32_epi32(Signed ? _mm256_packs_epi16(w01, w23) : _mm256_packus_epi16(w01, w23),
+                                              _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+      if (lg) b = _mm256_shuffle_epi8(b, idx);
+      // Word j: the pair of bytes 2j, 2j + 1, one group's (j % G).
+      const __m256i ones = _mm256_set1_epi8(1);
+      sums = _mm256_add_epi16(sums, Signed ? _mm256_maddubs_epi16(ones, b) : _mm256_maddubs_epi16(b, ones));
+      const __m256i lo = _mm256_unpacklo_epi16(b, b), hi = _mm256_unpackhi_epi16(b, b);  // pairs 0-3 | 8-11, 4-7 | 12-15
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(op + i / 2), _mm256_permute2x128_si256(lo, hi, 0x20));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(op + i / 2 + 8), _mm256_permute2x128_si256(lo, hi, 0x31));
+    }
+  }
+  if constexpr (BITS == 8) return sums;
+  // Words j and j + 8 (same group: G divides 8) into lane j.
+  return _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(sums)),
+                          _mm256_cvtepi16_epi32(_mm256_extracti128_si256(sums, 1)));
+}
+
 // Rows r < R of x (x_row floats apart), `entries` entries of G = 2^lg groups each, each row
 // quantized alone (the same operations as for a single row); the f16 scales and zeros are
-// converted once for all rows. Signed: int8 (keys), else uint8 (values, x' >= 0).
+// converted once for all rows. Signed: int8 (keys), else uint8 (values, x' >= 0). The rounding's
+// residues are summed as sum x' - step * sum xi, the integers summed exactly.
 template <int R, int BITS, bool Signed>
 KVLAB_TARGET_AVX2 void quantize_operand(const float* x, int64_t x_row, const uint16_t* scale, const uint16_t* zero,
                                         int entries, int lg, QuantOperand* out) {
@@ -313,9 +325,9 @@ KVLAB_TARGET_AVX2 void quantize_operand(const float* x, int64_t x_row, const uin
   // Lane i of the entries e .. e+7 (e % 8 == 0) is element (e + i) / G = e / G + i / G.
   const __m256i rep = _mm256_srli_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), lg);
   const __m256 sign = _mm256_set1_ps(-0.0f);
-  __m256 amax[R], zacc[R];
+  __m256 amax[R], zacc[R], xsum[R];
   KVLAB_UNROLL
-  for (int r = 0; r < R; ++r) amax[r] = zacc[r] = _mm256_setzero_ps();
+  for (int r = 0; r < R; ++r) amax[r] = zacc[r] = xsum[r] = _mm256_setzero_ps();
   for (int e = 0; e < ep; e += 8) {
     if (e >= entries) {
       KVLAB_UNROLL
@@ -331,7 +343,8 @@ KVLAB_TARGET_AVX2 void quantize_operand(const float* x, int64_t x_row, const uin
       const __m256 xv = lg ? _mm256_permutevar8x32_ps(xl, rep) : xl;
       const __m256 v = _mm256_mul_ps(xv, sc);
       _mm256_store_ps(xp[r] + e, v);
-      amax[r] = _mm256_max_ps(amax[r], _mm256_andnot_ps(sign, v));
+      amax[r] = _mm256_max_ps(amax[r], Signed ? _mm256_andnot_ps(sign, v) : v);
+      xsum[r] = _mm256_add_ps(xsum[r], v);
       zacc[r] = _mm256_fmadd_ps(xv, zr, zacc[r]);
     }
   }
@@ -342,34 +355,10 @@ KVLAB_TARGET_AVX2 void quantize_operand(const float* x, int64_t x_row, const uin
     const float mx = V8::hmax(amax[r]);
     const float step = mx > 0.0f ? mx / kLevels : 0.0f;
     const float inv = mx > 0.0f ? kLevels / mx : 0.0f;
-    __m256 res;
-    if constexpr (BITS == 8) {  // one group (avx2_int_accumulate_take): the words are the pairs
-      res = round_to(xp[r], ep, inv, step, reinterpret_cast<int16_t*>(out[r].op));
-    } else {
-      alignas(32) std::conditional_t<Signed, int8_t, uint8_t> xi[kMaxSimdD + 32];
-      res = round_to(xp[r], ep, inv, step, xi);
-      uint8_t* xb = reinterpret_cast<uint8_t*>(xi);
-      if (G > 1) {  // [pair][element][group] -> [pair][group][element]
-        const __m256i idx = _mm256_load_si256(reinterpret_cast<const __m256i*>(kPairTables.idx[lg]));
-        for (int e = 0; e < ep; e += 32) {
-          _mm256_store_si256(reinterpret_cast<__m256i*>(xb + e),
-                             _mm256_shuffle_epi8(_mm256_load_si256(reinterpret_cast<const __m256i*>(xb + e)), idx));
-        }
-      }
-      duplicate_pairs(xb, ep, out[r].op);
-    }
-    alignas(32) float rl[8], zl[8];
-    _mm256_store_ps(rl, res);
-    _mm256_store_ps(zl, zacc[r]);
+    const __m256i isum = round_operand<BITS, Signed>(xp[r], ep, lg, inv, out[r].op);
+    const __m256 res = _mm256_fnmadd_ps(_mm256_set1_ps(step), _mm256_cvtepi32_ps(isum), xsum[r]);
     out[r].step = step;
-    for (int g = 0; g < G; ++g) {  // lane i holds group i % G
-      float rg = 0.0f, zg = 0.0f;
-      for (int i = g; i < 8; i += G) {
-        rg += rl[i];
-        zg += zl[i];
-      }
-      out[r].z[g] = std::fma(kHalf, rg, zg);
-    }
+    fold_groups(_mm256_fmadd_ps(_mm256_set1_ps(kHalf), res, zacc[r]), lg, out[r].z);
   }
 }
 
@@ -386,6 +375,7 @@ KVLAB_TARGET_AVX2 void channel_scores_rows(const KvBlock& k, const float* q, flo
   constexpr int kOutVectors = tile_codes(BITS) / 8;
   const int n = k.n, d = k.d, pairs = (d + 1) / 2, group = channel_group_tokens(k);
   const ReadAhead ah = read_ahead(k.data, int64_t(d) * k.stride);
+  const int tiles = (n + tile_codes(BITS) - 1) / tile_codes(BITS);
   read_ahead_meta(k.scale, k.zero, 2 * int64_t(d) * channel_groups(k));
   QuantOperand qq[R];
   const uint32_t* qd[R];
@@ -395,7 +385,6 @@ KVLAB_TARGET_AVX2 void channel_scores_rows(const KvBlock& k, const float* q, flo
   // The next block's lines are asked for in step with the work (units: tiles x channel pairs).
   // Asking for all of them in the first tile, as 8-bit keys did, stalled: 256 lines at once cost
   // 1.5x at the 8B row from DRAM (Zen 4).
-  const int tiles = (n + tile_codes(BITS) - 1) / tile_codes(BITS);
   for (int t0 = 0; t0 < n; t0 += tile_codes(BITS)) {
     if (t0 % group == 0) {
       const int64_t meta = int64_t(t0 / group) * d;
@@ -456,13 +445,13 @@ KVLAB_TARGET_AVX2 void token_acc_rows(const KvBlock& v, const float* p, float* a
   constexpr int kSteps = steps_in_sums(BITS, false);
   constexpr int kOutVectors = tile_codes(BITS) / 8;
   const int n = v.n, d = v.d, G = groups_of(v);
-  const ReadAhead ah = read_ahead(v.data, int64_t(n) * v.stride);
   read_ahead_meta(v.scale, v.zero, 2 * int64_t(n) * G);
   QuantOperand qp[R];
   // The next block's lines in step with the work (units: channel tiles x token pairs; as for the
   // scores). Chunks before the last are whole pairs (kChunk is even): chunk j0 starts after
   // tiles * j0 / 2 units, and the block holds tiles * ceil(n / 2).
   const int tiles = d / tile_codes(BITS);
+  const ReadAhead ah = read_ahead(v.data, int64_t(n) * v.stride);
   const int64_t total = int64_t(tiles) * ((n + 1) / 2);
   for (int j0 = 0; j0 < n; j0 += kChunk) {
     const int nc = std::min(kChunk, n - j0), npairs = (nc + 1) / 2;
