@@ -374,8 +374,8 @@ KVLAB_TARGET_AVX2 void channel_scores_rows(const KvBlock& k, const float* q, flo
   constexpr int kSteps = steps_in_sums(BITS, true);
   constexpr int kOutVectors = tile_codes(BITS) / 8;
   const int n = k.n, d = k.d, pairs = (d + 1) / 2, group = channel_group_tokens(k);
-  const ReadAhead ah = read_ahead(k.data, int64_t(d) * k.stride);
   const int tiles = (n + tile_codes(BITS) - 1) / tile_codes(BITS);
+  const ReadAheadPace ah(read_ahead(k.data, int64_t(d) * k.stride), int64_t(tiles) * pairs);
   read_ahead_meta(k.scale, k.zero, 2 * int64_t(d) * channel_groups(k));
   QuantOperand qq[R];
   const uint32_t* qd[R];
@@ -385,10 +385,11 @@ KVLAB_TARGET_AVX2 void channel_scores_rows(const KvBlock& k, const float* q, flo
   // The next block's lines are asked for in step with the work (units: tiles x channel pairs).
   // Asking for all of them in the first tile, as 8-bit keys did, stalled: 256 lines at once cost
   // 1.5x at the 8B row from DRAM (Zen 4).
-  for (int t0 = 0; t0 < n; t0 += tile_codes(BITS)) {
-    if (t0 % group == 0) {
+  for (int t0 = 0, next_group = 0; t0 < n; t0 += tile_codes(BITS)) {
+    if (t0 == next_group) {  // group t0 / group starts
       const int64_t meta = int64_t(t0 / group) * d;
       quantize_operand<R, BITS, true>(q, d, k.scale + meta, k.zero + meta, d, 0, qq);
+      next_group += group;
     }
     const int64_t off = int64_t(t0) * BITS / 8;
     const int have = int(std::min<int64_t>(kBytes, sb - off));  // < kBytes: the block's last, partial tile
@@ -403,7 +404,7 @@ KVLAB_TARGET_AVX2 void channel_scores_rows(const KvBlock& k, const float* q, flo
       __m256i a16[R][2];
       KVLAB_UNROLL
       for (int r = 0; r < R; ++r) a16[r][0] = a16[r][1] = _mm256_setzero_si256();
-      read_ahead_share(ah, int64_t(t0 / tile_codes(BITS)) * pairs + p0, p1 - p0, int64_t(tiles) * pairs);
+      ah.share(int64_t(t0 / tile_codes(BITS)) * pairs + p0, p1 - p0);
       const uint8_t* a = k.data + int64_t(2 * p0) * k.stride + off;
       // Full pairs of a full tile, then the odd last channel (its partner reads as zeros) and
       // the block's last, partial tile (codes past n read as 0; their scores are not stored).
@@ -451,8 +452,7 @@ KVLAB_TARGET_AVX2 void token_acc_rows(const KvBlock& v, const float* p, float* a
   // scores). Chunks before the last are whole pairs (kChunk is even): chunk j0 starts after
   // tiles * j0 / 2 units, and the block holds tiles * ceil(n / 2).
   const int tiles = d / tile_codes(BITS);
-  const ReadAhead ah = read_ahead(v.data, int64_t(n) * v.stride);
-  const int64_t total = int64_t(tiles) * ((n + 1) / 2);
+  const ReadAheadPace ah(read_ahead(v.data, int64_t(n) * v.stride), int64_t(tiles) * ((n + 1) / 2));
   for (int j0 = 0; j0 < n; j0 += kChunk) {
     const int nc = std::min(kChunk, n - j0), npairs = (nc + 1) / 2;
     quantize_operand<R, BITS, false>(p + j0, n, v.scale + int64_t(j0) * G, v.zero + int64_t(j0) * G, nc * G,
@@ -475,7 +475,7 @@ KVLAB_TARGET_AVX2 void token_acc_rows(const KvBlock& v, const float* p, float* a
         KVLAB_UNROLL
         for (int r = 0; r < R; ++r) a16[r][0] = a16[r][1] = _mm256_setzero_si256();
         const int64_t unit = int64_t(tiles) * (j0 / 2) + int64_t(c0 / tile_codes(BITS)) * npairs + t0;
-        read_ahead_share(ah, unit, t1 - t0, total);
+        ah.share(unit, t1 - t0);
         const uint8_t* a = v.data + int64_t(j0 + 2 * t0) * v.stride + off;
         const int tf = std::min(t1, nc / 2);  // full pairs, then the odd last token against zeros
         for (int t = t0; t < tf; ++t, a += 2 * v.stride) madd_step<R, BITS, false>(a, a + v.stride, pd, t * G, a16);

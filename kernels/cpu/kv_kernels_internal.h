@@ -80,15 +80,26 @@ inline void read_ahead_lines(const ReadAhead& a, int64_t off, int64_t bytes) {
   for (int64_t o = off; o < end; o += 64) __builtin_prefetch(a.p + o, 0, 2);
 }
 
-// Share [done, done + count) of `total` units of this block's work: the same share of the
-// read-ahead region's lines, so that the next block's reads spread over all of this block's
-// arithmetic instead of a burst at its start.
-inline void read_ahead_share(const ReadAhead& a, int64_t done, int64_t count, int64_t total) {
-  if (!a.p) return;
-  const int64_t lines = (a.bytes + 63) / 64;
-  const int64_t first = lines * done / total, last = lines * (done + count) / total;
-  for (int64_t l = first; l < last; ++l) __builtin_prefetch(a.p + 64 * l, 0, 2);
-}
+// The read-ahead region's lines paced over `total` units of a block's work: share(done, count)
+// asks for the share of the lines that matches units [done, done + count), so that the next
+// block's reads spread over all of this block's arithmetic instead of a burst at its start.
+// Lines per unit in 32.32 fixed point, rounded up (the last unit reaches the last line): one
+// division per block instead of two per call (int64 divisions were ~4% of an AVX2 int4 block).
+struct ReadAheadPace {
+  const uint8_t* p = nullptr;  // null: none
+  int64_t lines = 0;
+  uint64_t per_unit = 0;
+
+  ReadAheadPace(const ReadAhead& a, int64_t total) : p(a.p), lines((a.bytes + 63) / 64) {
+    if (p && total > 0) per_unit = ((uint64_t(lines) << 32) + uint64_t(total) - 1) / uint64_t(total);
+  }
+  void share(int64_t done, int64_t count) const {
+    if (!p) return;
+    const int64_t first = line_at(done), last = line_at(done + count);
+    for (int64_t l = first; l < last; ++l) __builtin_prefetch(p + 64 * l, 0, 2);
+  }
+  int64_t line_at(int64_t unit) const { return std::min<int64_t>(lines, int64_t((uint64_t(unit) * per_unit) >> 32)); }
+};
 
 // The `bytes` bytes that follow each of the arrays at a and b (scales and zeros), at once.
 inline void read_ahead_meta(const void* a, const void* b, int64_t bytes) {
