@@ -27,7 +27,7 @@ void dense_scores_tile(const uint8_t* data, int64_t stride, const uint16_t* scal
     KVLAB_UNROLL
     for (int t = 0; t < T; ++t) {
       for (int64_t o = 0; o < int64_t(d) * element_bytes(Fmt); o += 64) {
-        __builtin_prefetch(ahead + (j0 + t) * stride + o, 0, 2);
+        read_line(ahead + (j0 + t) * stride + o);
       }
     }
   }
@@ -149,7 +149,7 @@ void dense_acc_tile(const KvBlock& v, const float* p, int64_t p_stride, int c0, 
     const uint8_t* row = v.data + j * v.stride;
     if (ahead) {
       for (int64_t o = 0; o < L * C * element_bytes(Fmt); o += 64) {
-        __builtin_prefetch(ahead + j * v.stride + c0 * element_bytes(Fmt) + o, 0, 2);
+        read_line(ahead + j * v.stride + c0 * element_bytes(Fmt) + o);
       }
     }
     F vv[C];
