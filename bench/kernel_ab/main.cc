@@ -11,12 +11,12 @@
 
 #include "ab.h"
 
-extern "C" void kernel_ab_old(const AbPool*, const AbCase*, int, int, int, double*);
-extern "C" void kernel_ab_new(const AbPool*, const AbCase*, int, int, int, double*);
+extern "C" void kernel_ab_old(const AbPool*, const AbCase*, int, int, double*);
+extern "C" void kernel_ab_new(const AbPool*, const AbCase*, int, int, double*);
 
 namespace {
 
-using Entry = void (*)(const AbPool*, const AbCase*, int, int, int, double*);
+using Entry = void (*)(const AbPool*, const AbCase*, int, int, double*);
 
 struct Samples {
   std::vector<double> scores, values;
@@ -54,6 +54,7 @@ struct Pool {
       q[i] = float(int(i * 7919 % 200) - 100) / 100.0f;
       p[i] = float(i * 31 % 100) / 100.0f;
     }
+    // Keys and values read their scales and zeros from the same arrays (the same constants).
     view = {keys.data(), values.data(), scale.data(), zero.data(), scale.data(), zero.data(),
             q.data(), p.data(), s.data(), acc.data(), blocks};
   }
@@ -69,7 +70,7 @@ void run(const AbCase& c, bool dram) {
   for (int i = 0; i < samples; ++i) {
     for (int v = 0; v < 2; ++v) {
       double ms[2];
-      entry[v](P, &c, 0, count, calls, ms);
+      entry[v](P, &c, count, calls, ms);
       s[v].scores.push_back(dram ? ms[0] : ms[0] * 1e3 / calls);
       s[v].values.push_back(dram ? ms[1] : ms[1] * 1e3 / calls);
     }
@@ -94,7 +95,11 @@ void run(const AbCase& c, bool dram) {
 // attention_bench (8B: d 128, 4 rows; SmolLM2: d 64, 3 rows) in int2/3/4/8 groups of 128 and the
 // kivi policy's groups of 32.
 int main(int argc, char** argv) {
-  const char* mode = argc > 1 ? argv[1] : "both";
+  const std::string_view mode = argc > 1 ? argv[1] : "both";
+  if (mode != "L1" && mode != "DRAM" && mode != "both") {
+    std::fprintf(stderr, "kernel_ab: the mode is L1, DRAM or both, got '%s'\n", argv[1]);
+    return 2;
+  }
   std::vector<AbCase> cases;
   for (int i = 2; i < argc; ++i) {
     AbCase c{};
@@ -119,7 +124,7 @@ int main(int argc, char** argv) {
              {4, 128, 4, 32, 32},   {4, 64, 3, 128, 64},   {4, 64, 3, 32, 32}};
   }
   for (const AbCase& c : cases) {
-    if (std::string_view(mode) != "DRAM") run(c, false);
-    if (std::string_view(mode) != "L1") run(c, true);
+    if (mode != "DRAM") run(c, false);
+    if (mode != "L1") run(c, true);
   }
 }

@@ -12,16 +12,16 @@
 
 using namespace kvlab;
 
-// Runs `reps` passes over blocks b0 .. b0 + count - 1 of the pool: kv_scores of `rows` query rows
+// Runs `reps` passes over blocks 0 .. count - 1 of the pool: kv_scores of `rows` query rows
 // over each key block, then kv_accumulate of the scores over its value block. Returns ms for
 // the scores and the values separately (L1-hot: count = 1; DRAM: the whole pool, one pass).
-extern "C" void ENTRY(const AbPool* P, const AbCase* c, int b0, int count, int reps, double* ms) {
+extern "C" void ENTRY(const AbPool* P, const AbCase* c, int count, int reps, double* ms) {
   const int n = kAbBlockTokens, d = c->d;
   const int64_t kb = int64_t(d) * packed_bytes(n, c->bits), vb = int64_t(n) * packed_bytes(d, c->bits);
   const int kgroups = n / c->key_group, vgroups = d / c->value_group;
   double t_scores = 0, t_values = 0;
   for (int rep = 0; rep < reps; ++rep) {
-    for (int b = b0; b < b0 + count; ++b) {
+    for (int b = 0; b < count; ++b) {
       KvBlock k;
       k.format = KvFormat::kIntChannel;
       k.n = n;

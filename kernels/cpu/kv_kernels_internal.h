@@ -61,11 +61,6 @@ inline void with_rows(int rows, F&& f) {
   }
 }
 
-// Read-ahead. A kv head's blocks and the next kv head's lie one after the other in memory
-// (kvcache/token_ring.h, block_store.h), and the engine reads them in that order; a kernel asks
-// for the `span` bytes that follow its block a few cache lines at a time, in lockstep with its own
-// reads, so the next block's first lines are on their way before it starts (the hardware
-// prefetchers alone start every block cold: measured 1.5x on f16 and int4 decode at 32K).
 // Asks for the cache line at p (prefetcht1) exactly where it is written. GCC's loop
 // distribution (-O3) may split __builtin_prefetch calls, which depend on nothing, out of the loop
 // they pace and then drop or bunch them: ReadAheadPace's multiply-only share() lost every
@@ -79,6 +74,11 @@ inline void read_line(const void* p) {
 #endif
 }
 
+// Read-ahead. A kv head's blocks and the next kv head's lie one after the other in memory
+// (kvcache/token_ring.h, block_store.h), and the engine reads them in that order; a kernel asks
+// for the `span` bytes that follow its block a few cache lines at a time, in lockstep with its own
+// reads, so the next block's first lines are on their way before it starts (the hardware
+// prefetchers alone start every block cold: measured 1.5x on f16 and int4 decode at 32K).
 struct ReadAhead {
   const uint8_t* p = nullptr;  // null: none
   int64_t bytes = 0;
