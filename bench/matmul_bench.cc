@@ -117,6 +117,48 @@ void bm_prefill(benchmark::State& state, Isa isa, int64_t n_tokens, int threads)
   state.counters["best_GFLOP/s"] = flops / best_s / 1e9;
 }
 
+// The decoder's products at decode batch sizes, w from DRAM, f32 against the block formats the
+// decoder keeps GGUF matrices in (matmul.h, BlockMatrix): matmul_weights/<isa>/<format>/k:K/
+// n_out:N/tokens:T/threads:P. Counter weight_bytes: what one call reads of w.
+void bm_weights(benchmark::State& state, Isa isa, int format, int64_t k, int64_t n_out, int64_t n_tokens,
+                int threads) {
+  // format: 0 f32, 1 q4_1, 2 q8_0
+  const BlockFormat bf = format == 2 ? BlockFormat::kQ8_0 : BlockFormat::kQ4_1;
+  const int64_t bytes = format == 0 ? k * n_out * 4
+                                    : n_out * (block_code_bytes(bf, k) + 4 * block_scale_floats(bf, k));
+  const size_t copies = std::max<size_t>(2, kColdBytes / size_t(bytes) + 1);
+  std::vector<std::vector<float>> wf;
+  std::vector<std::vector<uint8_t>> codes;
+  std::vector<std::vector<float>> scales;
+  for (size_t c = 0; c < copies; ++c) {
+    if (format == 0) {
+      wf.push_back(random_floats(size_t(k * n_out), uint32_t(c + 1)));
+    } else {
+      std::vector<uint8_t> q(size_t(n_out * block_code_bytes(bf, k)));
+      for (size_t i = 0; i < q.size(); ++i) q[i] = uint8_t(i * 2654435761u >> 13);
+      codes.push_back(std::move(q));
+      scales.push_back(random_floats(size_t(n_out * block_scale_floats(bf, k)), uint32_t(c + 1)));
+    }
+  }
+  const std::vector<float> x = random_floats(size_t(k * n_tokens), 99);
+  std::vector<float> y(size_t(n_out * n_tokens));
+  with_threads(threads, [&] {
+    size_t c = 0;
+    for (auto _ : state) {
+      if (format == 0) {
+        matmul_isa(isa, x.data(), n_tokens, k, wf[c].data(), n_out, y.data());
+      } else {
+        const BlockMatrix m{bf, codes[c].data(), scales[c].data(), k};
+        matmul_isa(isa, x.data(), n_tokens, m, n_out, y.data());
+      }
+      benchmark::DoNotOptimize(y.data());
+      benchmark::ClobberMemory();
+      if (++c == copies) c = 0;
+    }
+  });
+  state.counters["weight_bytes"] = double(bytes);
+}
+
 // With --benchmark_repetitions=N, the "_max" row holds the best rate of the N runs (and the
 // worst time): on a machine shared with other jobs the best run is the one least disturbed.
 double max_of(const std::vector<double>& v) { return *std::max_element(v.begin(), v.end()); }
@@ -142,6 +184,21 @@ void register_benchmarks(int max_threads) {
               ->UseRealTime()
               ->ComputeStatistics("max", max_of)
               ->Unit(benchmark::kMicrosecond);
+        }
+      }
+    }
+    if (isa != Isa::kScalar) {
+      for (const DecodeShape& s : decode_shapes) {
+        for (int64_t n_tokens : {1, 4, 16}) {
+          for (int format : {0, 1, 2}) {
+            const char* fname[] = {"f32", "q4_1", "q8_0"};
+            const std::string bm = "matmul_weights/" + name + "/" + fname[format] + "/k:" + std::to_string(s.k) +
+                                   "/n_out:" + std::to_string(s.n_out) + "/tokens:" + std::to_string(n_tokens) +
+                                   "/threads:" + std::to_string(max_threads);
+            benchmark::RegisterBenchmark(bm.c_str(), bm_weights, isa, format, s.k, s.n_out, n_tokens, max_threads)
+                ->UseRealTime()
+                ->Unit(benchmark::kMicrosecond);
+          }
         }
       }
     }

@@ -23,19 +23,38 @@ void rms_norm(const float* x, const float* w, int64_t n_rows, int dim, float eps
   }
 }
 
-void linear(const AlignedVector<float>& x, int64_t n_rows, int64_t in, const AlignedVector<float>& w,
-            int64_t out, AlignedVector<float>& y) {
-  y.resize(size_t(n_rows * out));
-  matmul(x.data(), n_rows, in, w.data(), out, y.data());
+}  // namespace
+
+int64_t Model::Matrix::bytes() const {
+  return int64_t(f32.size() * sizeof(float) + codes.size() + scales.size() * sizeof(float));
 }
 
-}  // namespace
+void Model::Matrix::multiply(const float* x, int64_t n, float* y) const {
+  if (packed) {
+    matmul(x, n, blocks(), rows, y);
+  } else {
+    matmul(x, n, cols, f32.data(), rows, y);
+  }
+}
+
+void Model::Matrix::row(int64_t r, float* out) const {
+  if (packed) {
+    dequantize_rows(blocks(), r, r + 1, out);
+  } else {
+    std::copy(&f32[size_t(r * cols)], &f32[size_t((r + 1) * cols)], out);
+  }
+}
 
 namespace {
 
+void linear(const AlignedVector<float>& x, int64_t n_rows, const Model::Matrix& w, AlignedVector<float>& y) {
+  y.resize(size_t(n_rows * w.rows));
+  w.multiply(x.data(), n_rows, y.data());
+}
+
 // The rows of `parts`, one after another, in storage that starts on a cache line; each part is
 // freed once copied, so loading holds at most one matrix twice.
-AlignedVector<float> aligned_rows(std::initializer_list<std::vector<float>*> parts) {
+AlignedVector<float> aligned_rows(const std::vector<std::vector<float>*>& parts) {
   size_t n = 0;
   for (const std::vector<float>* p : parts) n += p->size();
   AlignedVector<float> out;
@@ -47,42 +66,75 @@ AlignedVector<float> aligned_rows(std::initializer_list<std::vector<float>*> par
   return out;
 }
 
+// The rows of the named matrices stacked into one Matrix of width `cols`: in their block format
+// when the file stored every part in the same one (weights.packed), else f32. Frees the parts.
+Model::Matrix stacked(Weights& weights, int64_t cols,
+                      std::initializer_list<std::pair<std::vector<float>*, std::string>> parts) {
+  Model::Matrix m;
+  m.cols = cols;
+  std::vector<PackedMatrix*> packed;
+  for (const auto& [f32, name] : parts) {
+    m.rows += int64_t(f32->size()) / std::max<int64_t>(cols, 1);
+    auto it = weights.packed.find(name);
+    packed.push_back(it == weights.packed.end() ? nullptr : &it->second);
+  }
+  m.packed = packed.front() != nullptr;
+  for (const PackedMatrix* p : packed) m.packed = m.packed && p && p->format == packed.front()->format;
+  if (!m.packed) {
+    std::vector<std::vector<float>*> f32;
+    for (const auto& part : parts) f32.push_back(part.first);
+    m.f32 = aligned_rows(f32);
+    return m;
+  }
+  m.format = packed.front()->format;
+  for (size_t i = 0; i < packed.size(); ++i) {
+    m.codes.insert(m.codes.end(), packed[i]->codes.begin(), packed[i]->codes.end());
+    m.scales.insert(m.scales.end(), packed[i]->scales.begin(), packed[i]->scales.end());
+    std::vector<float>().swap(*std::data(parts)[i].first);
+    weights.packed.erase(std::data(parts)[i].second);
+  }
+  return m;
+}
+
 }  // namespace
 
 Model::Model(std::string path, ModelConfig config, Weights weights, std::unique_ptr<Tokenizer> tokenizer)
     : path_(std::move(path)),
       config_(std::move(config)),
-      token_embedding_(aligned_rows({&weights.token_embedding})),
       final_norm_(aligned_rows({&weights.final_norm})),
-      classifier_(aligned_rows({&weights.output})),
       tokenizer_(std::move(tokenizer)),
       rope_(std::make_unique<RopeTable>(config_.head_dim, config_.rope_theta, config_.rope_style,
                                         config_.max_seq_len)) {
-  for (LayerWeights& w : weights.layers) {
-    Layer l;
-    l.attn_norm = aligned_rows({&w.attn_norm});
-    l.wqkv = aligned_rows({&w.wq, &w.wk, &w.wv});
-    l.wo = aligned_rows({&w.wo});
-    l.ffn_norm = aligned_rows({&w.ffn_norm});
-    l.w_gate_up = aligned_rows({&w.w_gate, &w.w_up});
-    l.w_down = aligned_rows({&w.w_down});
-    layers_.push_back(std::move(l));
-  }
-  // Shape, then the K and V rows of each fused QKV matrix, 8 bytes at a time.
+  // Shape, then the W_k and W_v rows of each layer (f32 as loaded), 8 bytes at a time.
   uint64_t h = 1469598103934665603ull;
   auto mix = [&h](uint64_t x) { h = (h ^ x) * 1099511628211ull; };
   for (int x : {config_.n_layers, config_.dim, config_.n_heads, config_.n_kv_heads, config_.head_dim}) mix(uint64_t(x));
-  const size_t q_size = size_t(config_.n_heads) * config_.head_dim * config_.dim;
-  for (const Layer& l : layers_) {
-    const float* kv = l.wqkv.data() + q_size;
-    const size_t n = l.wqkv.size() - q_size;
-    for (size_t i = 0; i + 1 < n; i += 2) {
+  for (const LayerWeights& w : weights.layers) {
+    std::vector<float> kv(w.wk);
+    kv.insert(kv.end(), w.wv.begin(), w.wv.end());
+    for (size_t i = 0; i + 1 < kv.size(); i += 2) {
       uint64_t x;
-      std::memcpy(&x, kv + i, sizeof x);
+      std::memcpy(&x, kv.data() + i, sizeof x);
       mix(x);
     }
   }
   fingerprint_ = h;
+
+  const int64_t dim = config_.dim;
+  for (size_t i = 0; i < weights.layers.size(); ++i) {
+    LayerWeights& w = weights.layers[i];
+    const std::string p = "blk." + std::to_string(i) + ".";
+    Layer l;
+    l.attn_norm = aligned_rows({&w.attn_norm});
+    l.wqkv = stacked(weights, dim, {{&w.wq, p + "attn_q.weight"}, {&w.wk, p + "attn_k.weight"}, {&w.wv, p + "attn_v.weight"}});
+    l.wo = stacked(weights, int64_t(config_.n_heads) * config_.head_dim, {{&w.wo, p + "attn_output.weight"}});
+    l.ffn_norm = aligned_rows({&w.ffn_norm});
+    l.w_gate_up = stacked(weights, dim, {{&w.w_gate, p + "ffn_gate.weight"}, {&w.w_up, p + "ffn_up.weight"}});
+    l.w_down = stacked(weights, config_.hidden_dim, {{&w.w_down, p + "ffn_down.weight"}});
+    layers_.push_back(std::move(l));
+  }
+  token_embedding_ = stacked(weights, dim, {{&weights.token_embedding, "token_embd.weight"}});
+  if (!weights.output.empty()) classifier_ = stacked(weights, dim, {{&weights.output, "output.weight"}});
 }
 
 KvGeometry Model::cache_geometry() const {
@@ -99,10 +151,11 @@ KvGeometry Model::cache_geometry() const {
 int64_t Model::weight_bytes() const {
   int64_t n = 0;
   for (const Layer& l : layers_) {
-    for (const auto* t : {&l.attn_norm, &l.wqkv, &l.wo, &l.ffn_norm, &l.w_gate_up, &l.w_down}) n += int64_t(t->size());
+    n += int64_t((l.attn_norm.size() + l.ffn_norm.size()) * sizeof(float));
+    for (const Matrix* m : {&l.wqkv, &l.wo, &l.w_gate_up, &l.w_down}) n += m->bytes();
   }
-  n += int64_t(final_norm_.size() + (classifier_.empty() ? token_embedding_ : classifier_).size());
-  return n * int64_t(sizeof(float));
+  n += int64_t(final_norm_.size() * sizeof(float));
+  return n + (classifier_.rows == 0 ? token_embedding_ : classifier_).bytes();
 }
 
 StatusOr<std::unique_ptr<KvCache>> Model::make_cache(std::string_view spec, int max_seqs) const {
@@ -140,14 +193,13 @@ Status Model::forward(KvCache& cache, std::span<const SeqInput> inputs, LogitsMo
   AlignedVector<float> qkv, q(size_t(n) * qd), k(size_t(n) * kvd), v(size_t(n) * kvd);
   AlignedVector<float> att(size_t(n) * qd), o, gate_up, h(size_t(n) * H), down;
   for (int64_t r = 0; r < n; ++r) {
-    const float* e = &token_embedding_[size_t(tokens[r]) * D];
-    std::copy(e, e + D, &x[size_t(r) * D]);
+    token_embedding_.row(tokens[r], &x[size_t(r) * D]);
   }
   for (int l = 0; l < config_.n_layers; ++l) {
     const Layer& w = layers_[l];
     if (cache.wants_hidden(l)) cache.observe_hidden(l, batch, x.data(), D);
     rms_norm(x.data(), w.attn_norm.data(), n, D, config_.norm_eps, xn.data());
-    linear(xn, n, D, w.wqkv, qd + 2 * kvd, qkv);
+    linear(xn, n, w.wqkv, qkv);
     for (int64_t r = 0; r < n; ++r) {
       const float* row = &qkv[size_t(r) * (qd + 2 * kvd)];
       std::copy(row, row + qd, &q[size_t(r) * qd]);
@@ -156,18 +208,18 @@ Status Model::forward(KvCache& cache, std::span<const SeqInput> inputs, LogitsMo
     }
     rope_->rotate(q.data(), n, geo.n_heads, batch.positions.data());
     cache.attend(l, batch, q.data(), k.data(), v.data(), att.data());
-    linear(att, n, qd, w.wo, D, o);
+    linear(att, n, w.wo, o);
     for (size_t i = 0; i < x.size(); ++i) x[i] += o[i];
 
     rms_norm(x.data(), w.ffn_norm.data(), n, D, config_.norm_eps, xn.data());
-    linear(xn, n, D, w.w_gate_up, 2 * H, gate_up);
+    linear(xn, n, w.w_gate_up, gate_up);
     for (int64_t r = 0; r < n; ++r) {
       const float* g = &gate_up[size_t(r) * 2 * H];
       const float* u = g + H;
       float* hr = &h[size_t(r) * H];
       for (int i = 0; i < H; ++i) hr[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
     }
-    linear(h, n, H, w.w_down, D, down);
+    linear(h, n, w.w_down, down);
     for (size_t i = 0; i < x.size(); ++i) x[i] += down[i];
   }
   cache.commit(batch);
@@ -186,8 +238,7 @@ Status Model::forward(KvCache& cache, std::span<const SeqInput> inputs, LogitsMo
     rms_norm(&x[size_t(rows[i]) * D], final_norm_.data(), 1, D, config_.norm_eps, &sel[i * D]);
   }
   logits->resize(rows.size() * size_t(config_.vocab_size));
-  const AlignedVector<float>& cls = classifier_.empty() ? token_embedding_ : classifier_;
-  matmul(sel.data(), int64_t(rows.size()), D, cls.data(), config_.vocab_size, logits->data());
+  (classifier_.rows == 0 ? token_embedding_ : classifier_).multiply(sel.data(), int64_t(rows.size()), logits->data());
   return Status::Ok();
 }
 

@@ -231,4 +231,26 @@ void dequantize_row(GgmlType type, const uint8_t* src, float* dst, int64_t n) {
   KVLAB_CHECK(false && "table marks a type dequantizable that has no dequantizer");
 }
 
+std::optional<BlockFormat> block_format_of(GgmlType type) {
+  if (type == GgmlType::kQ4_1) return BlockFormat::kQ4_1;
+  if (type == GgmlType::kQ8_0) return BlockFormat::kQ8_0;
+  return std::nullopt;
+}
+
+void split_blocks(GgmlType type, const uint8_t* src, int64_t n_blocks, uint8_t* codes, float* scales) {
+  KVLAB_CHECK(block_format_of(type).has_value());
+  for (int64_t i = 0; i < n_blocks; ++i) {
+    if (type == GgmlType::kQ4_1) {
+      const auto b = load_block<BlockQ4_1>(src, i);
+      std::memcpy(codes + 16 * i, b.qs, 16);
+      scales[2 * i] = f16_to_f32(b.d);
+      scales[2 * i + 1] = f16_to_f32(b.m);
+    } else {
+      const auto b = load_block<BlockQ8_0>(src, i);
+      std::memcpy(codes + 32 * i, b.qs, 32);
+      scales[i] = f16_to_f32(b.d);
+    }
+  }
+}
+
 }  // namespace kvlab

@@ -8,7 +8,10 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
+
+#include "kernels/cpu/matmul.h"
 
 namespace kvlab {
 
@@ -36,5 +39,12 @@ std::string ggml_supported_type_names();
 // Dequantizes `n` elements (a multiple of the block size) starting at `src`.
 // REQUIRES: ggml_type_info(type)->dequantizable. `src` needs no particular alignment.
 void dequantize_row(GgmlType type, const uint8_t* src, float* dst, int64_t n);
+
+// The BlockMatrix format (kernels/cpu/matmul.h) that holds `type` as it is, if any: Q4_1, Q8_0.
+std::optional<BlockFormat> block_format_of(GgmlType type);
+// `n_blocks` blocks at `src` split into a BlockMatrix's planes: codes[n_blocks * code bytes per
+// block], scales[n_blocks * scale floats per block] (the file's f16 widened). dequantize_rows of
+// the planes gives, bit for bit, what dequantize_row gives. REQUIRES: block_format_of(type).
+void split_blocks(GgmlType type, const uint8_t* src, int64_t n_blocks, uint8_t* codes, float* scales);
 
 }  // namespace kvlab

@@ -213,6 +213,19 @@ StatusOr<Checkpoint> load_gguf_checkpoint(const GgufFile& gguf) {
                      p.dst->data() + p.first_block * info->block_size, p.n_blocks * info->block_size);
     }
   }
+  // The matrices in a block format the matmul takes as it is (kernels/cpu/matmul.h), also in that form.
+  for (size_t i = 0; i < wanted.size(); ++i) {
+    const GgufFile::Tensor* t = found[i];
+    const std::optional<BlockFormat> f = block_format_of(t->type);
+    if (!f || t->shape.size() != 2 || t->shape[0] % kWeightBlock != 0) continue;
+    const int64_t rows = t->shape[1], k = t->shape[0];
+    const int64_t n_blocks = t->n_elements / kWeightBlock;
+    PackedMatrix& m = w.packed[wanted[i].name];
+    m.format = *f;
+    m.codes.resize(size_t(rows * block_code_bytes(*f, k)));
+    m.scales.resize(size_t(rows * block_scale_floats(*f, k)));
+    split_blocks(t->type, gguf.tensor_data(*t), n_blocks, m.codes.data(), m.scales.data());
+  }
   return ck;
 }
 

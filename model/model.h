@@ -1,4 +1,5 @@
-// A loaded Llama-style model: config, f32 weights, tokenizer, and the reference decoder forward.
+// A loaded Llama-style model: config, weights (f32, or Q4_1 / Q8_0 as the GGUF file stores them),
+// tokenizer, and the reference decoder forward.
 //
 // Per layer (llama2.c / HF Llama semantics):
 //   x += W_o · attention(rope(W_q · rms(x)), W_k · rms(x), W_v · rms(x))   via the KV cache
@@ -51,8 +52,29 @@ class Model {
   // 64-bit FNV-1a of the shape and of every layer's W_k and W_v as loaded (f32): what K/V a
   // token gets. Calibration files record it (kvcache/aquakv_predictors.h).
   uint64_t fingerprint() const { return fingerprint_; }
-  // Bytes of weights one decode step reads (every matrix once, the classifier included).
+  // Bytes of weights one decode step reads (every matrix once, the classifier included), as held:
+  // GGUF matrices in Q4_1 or Q8_0 stay in that form (6 or 9 bits per weight), others are f32.
   int64_t weight_bytes() const;
+
+  // A matrix [rows, cols] the forward multiplies by: f32, or as its file stores it (Q4_1, Q8_0:
+  // kernels/cpu/matmul.h, BlockMatrix), which multiplies to the same bits as its f32 copy would
+  // and reads 6 or 9 bits per weight instead of 32. Storage starts on a cache line
+  // (base/aligned_vector.h).
+  struct Matrix {
+    int64_t rows = 0, cols = 0;
+    AlignedVector<float> f32;  // [rows, cols]; empty when packed
+    bool packed = false;
+    BlockFormat format = BlockFormat::kQ4_1;
+    AlignedVector<uint8_t> codes;
+    AlignedVector<float> scales;
+
+    BlockMatrix blocks() const { return {format, codes.data(), scales.data(), cols}; }
+    int64_t bytes() const;
+    // y[n, rows] = x[n, cols] * this^T
+    void multiply(const float* x, int64_t n, float* y) const;
+    // Row r as f32, into out[cols].
+    void row(int64_t r, float* out) const;
+  };
 
   StatusOr<std::unique_ptr<KvCache>> make_cache(std::string_view spec, int max_seqs) const;
 
@@ -69,22 +91,21 @@ class Model {
   // one pass over a fused matrix streams its rows once, with one thread fork instead of three.
   // Rows are unchanged, so the results are those of the separate products (matmul sums each
   // output on its own).
-  // Matrices start on a cache line (base/aligned_vector.h).
   struct Layer {
     AlignedVector<float> attn_norm;  // [dim]
-    AlignedVector<float> wqkv;       // [q_dim + 2 * kv_dim, dim]: W_q rows, then W_k, then W_v
-    AlignedVector<float> wo;         // [dim, q_dim]
+    Matrix wqkv;                     // [q_dim + 2 * kv_dim, dim]: W_q rows, then W_k, then W_v
+    Matrix wo;                       // [dim, q_dim]
     AlignedVector<float> ffn_norm;   // [dim]
-    AlignedVector<float> w_gate_up;  // [2 * hidden_dim, dim]: W_gate rows, then W_up
-    AlignedVector<float> w_down;     // [dim, hidden_dim]
+    Matrix w_gate_up;                // [2 * hidden_dim, dim]: W_gate rows, then W_up
+    Matrix w_down;                   // [dim, hidden_dim]
   };
 
   std::string path_;
   ModelConfig config_;
   std::vector<Layer> layers_;
-  AlignedVector<float> token_embedding_;  // [vocab, dim]
-  AlignedVector<float> final_norm_;       // [dim]
-  AlignedVector<float> classifier_;       // [vocab, dim]; empty when tied to token_embedding_
+  Matrix token_embedding_;           // [vocab, dim]
+  AlignedVector<float> final_norm_;  // [dim]
+  Matrix classifier_;                // [vocab, dim]; empty (rows 0) when tied to token_embedding_
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<RopeTable> rope_;
   uint64_t fingerprint_ = 0;

@@ -883,6 +883,22 @@ TEST_F(SmolLM2, CheckpointConfigAndValuesMatchPythonGguf) {
   EXPECT_EQ(*wq, ck->weights.layers[0].wq);
   // The values are not all alike (a reader returning zeros or one block repeated would fail).
   EXPECT_NE(ck->weights.token_embedding[0], ck->weights.token_embedding[1]);
+
+  // The matrices kept as the file stores them (the decoder multiplies by these): every Q4_1
+  // layer matrix and the Q8_0 embedding, each giving back its f32 copy bit for bit.
+  EXPECT_EQ(ck->weights.packed.size(), 7u * 30u + 1u);
+  for (const auto& [name, packed] : ck->weights.packed) {
+    const GgufFile::Tensor* t = g->find_tensor(name);
+    ASSERT_NE(t, nullptr) << name;
+    EXPECT_EQ(packed.format, name == "token_embd.weight" ? BlockFormat::kQ8_0 : BlockFormat::kQ4_1) << name;
+    const int64_t k = t->shape[0], rows = t->shape[1];
+    const BlockMatrix m{packed.format, packed.codes.data(), packed.scales.data(), k};
+    std::vector<float> got(size_t(rows * k));
+    dequantize_rows(m, 0, rows, got.data());
+    const auto want = g->dequantize(*t);
+    ASSERT_TRUE(want.ok());
+    ASSERT_EQ(std::memcmp(got.data(), want->data(), got.size() * sizeof(float)), 0) << name;
+  }
 }
 
 }  // namespace

@@ -257,6 +257,97 @@ TEST_P(MatmulIsaTest, ResultIndependentOfPointerAlignment) {
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Block-format weights (BlockMatrix): the product over the packed rows is bit for bit the f32
+// product over the same rows dequantized, whatever the path (decode chunks, prefill blocks,
+// threads).
+
+// A random BlockMatrix with its planes. Scales are f16 values widened (as a file's are), some
+// negative, some subnormal in f16; Q4_1 minima likewise.
+struct RandomBlocks {
+  std::vector<uint8_t> codes;
+  std::vector<float> scales;
+  BlockMatrix m;
+};
+
+// The value of a random f16 with its exponent field in [e_lo, e_hi] (0: subnormal).
+float random_f16_value(Rng& rng, int e_lo, int e_hi) {
+  const uint32_t u = rng.next();
+  const float mant = float(u & 0x3ff), sign = (u >> 10) & 1 ? -1.0f : 1.0f;
+  const int e = e_lo + int((u >> 11) % uint32_t(e_hi - e_lo + 1));
+  return sign * (e == 0 ? std::ldexp(mant, -24) : std::ldexp(1024.0f + mant, e - 25));
+}
+
+RandomBlocks random_blocks(BlockFormat f, int64_t n_out, int64_t k, uint64_t seed) {
+  Rng rng(seed);
+  RandomBlocks r;
+  r.codes.resize(size_t(n_out * block_code_bytes(f, k)));
+  r.scales.resize(size_t(n_out * block_scale_floats(f, k)));
+  for (uint8_t& c : r.codes) c = uint8_t(rng.next() >> 23);
+  // Mostly scales near 2^-6; every 7th anywhere in f16's range, subnormals included.
+  for (size_t i = 0; i < r.scales.size(); ++i) r.scales[i] = i % 7 == 0 ? random_f16_value(rng, 0, 30) : random_f16_value(rng, 8, 11);
+  r.m = BlockMatrix{f, r.codes.data(), r.scales.data(), k};
+  return r;
+}
+
+TEST_P(MatmulIsaTest, BlockWeightsGiveTheBitsOfTheirF32Rows) {
+  const Isa isa = GetParam();
+  ThreadCountGuard guard;
+  uint64_t seed = 400;
+  for (BlockFormat f : {BlockFormat::kQ4_1, BlockFormat::kQ8_0}) {
+    for (int64_t k : {32, 64, 576, 1536}) {
+      for (int64_t n_out : {1, 3, 5, 67, 300}) {
+        const RandomBlocks blocks = random_blocks(f, n_out, k, seed++);
+        std::vector<float> dense(size_t(n_out * k));
+        dequantize_rows(blocks.m, 0, n_out, dense.data());
+        for (int64_t n_tokens : {1, 2, 3, 4, 5, 16, 70}) {
+          SCOPED_TRACE(::testing::Message() << isa_name(isa) << (f == BlockFormat::kQ4_1 ? " q4_1" : " q8_0")
+                                            << " n_tokens=" << n_tokens << " k=" << k << " n_out=" << n_out);
+          Rng rng(seed++);
+          Buffer x(n_tokens * k), ref(n_tokens * n_out);
+          rng.fill(x.data(), x.size());
+          matmul_isa(isa, x.data(), n_tokens, k, dense.data(), n_out, ref.data());
+          for (int threads : {1, 2, 3}) {
+            omp_set_num_threads(threads);
+            Buffer y(n_tokens * n_out);
+            matmul_isa(isa, x.data(), n_tokens, blocks.m, n_out, y.data());
+            ASSERT_TRUE(same_bits(ref.data(), y.data(), y.size())) << threads << " threads";
+          }
+        }
+      }
+    }
+  }
+}
+
+// The planes' meaning, element by element: w = d * q + m (Q4_1, low nibbles first) and w = d * q
+// (Q8_0), computed here in double (exact) and compared with what dequantize_rows gives.
+TEST(MatmulTest, DequantizeRowsFollowsTheBlockLayout) {
+  for (BlockFormat f : {BlockFormat::kQ4_1, BlockFormat::kQ8_0}) {
+    const int64_t n_out = 3, k = 64;
+    const RandomBlocks b = random_blocks(f, n_out, k, 7);
+    std::vector<float> got(size_t(n_out * k));
+    dequantize_rows(b.m, 0, n_out, got.data());
+    for (int64_t r = 0; r < n_out; ++r) {
+      for (int64_t i = 0; i < k; ++i) {
+        const int64_t blk = r * (k / 32) + i / 32, j = i % 32;
+        double want;
+        if (f == BlockFormat::kQ4_1) {
+          const uint8_t byte = b.codes[size_t(blk * 16 + j % 16)];
+          const int q = j < 16 ? byte & 0x0f : byte >> 4;
+          want = double(float(double(b.scales[size_t(2 * blk)]) * q + double(b.scales[size_t(2 * blk + 1)])));
+        } else {
+          want = double(b.scales[size_t(blk)]) * double(int8_t(b.codes[size_t(blk * 32 + j)]));
+        }
+        ASSERT_EQ(double(got[size_t(r * k + i)]), want) << "row " << r << " element " << i;
+      }
+    }
+    // A row range starts where the whole-matrix rows do.
+    std::vector<float> last_row(static_cast<size_t>(k));
+    dequantize_rows(b.m, 2, 3, last_row.data());
+    EXPECT_TRUE(same_bits(last_row.data(), got.data() + 2 * k, k));
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(SupportedIsas, MatmulIsaTest, ::testing::ValuesIn(supported_isas()),
                          [](const ::testing::TestParamInfo<Isa>& info) {
                            return isa_name(info.param);

@@ -8,6 +8,7 @@
 //   kv_int_f32.h               integer blocks through f32 arithmetic, written once over the width
 //   softmax_simd.h             exp and the online softmax, written once over the width
 //   matmul_simd.h              the matmul's register tiles (matmul.cc), written once over the width
+//   block_dequant.h            the matmul's block-format weights to f32, written once (no intrinsics)
 //   isa_entry.inc              the entry points of all of these for one ISA
 //   isa_avx2.cc                those instantiated for AVX2 (8 lanes)
 //   isa_avx512.cc              those instantiated for AVX-512 (16 lanes)
@@ -25,6 +26,7 @@
 
 #include "kernels/cpu/kv_codec.h"
 #include "kernels/cpu/kv_format.h"
+#include "kernels/cpu/matmul.h"
 
 namespace kvlab {
 
@@ -127,8 +129,9 @@ void scores_scalar(const KvBlock& k, const float* q, int rows, float* s);
 void accumulate_scalar(const KvBlock& v, const float* p, int rows, float* acc);
 
 // The entry points of each SIMD ISA (isa_entry.inc defines them in namespaces avx2 and avx512):
-// decode attention (kv_attention.h), the online softmax and exp (softmax.h), and the matmul's
-// register tiles (matmul_simd.h: rows 1 or 4, tokens 1 .. Vec::kMatmulTokens).
+// decode attention (kv_attention.h), the online softmax and exp (softmax.h), the matmul's
+// register tiles (matmul_simd.h: rows 1 or 4, tokens 1 .. Vec::kMatmulTokens) and its weight
+// blocks to f32 (block_dequant.h).
 #define KVLAB_ISA_ENTRY_POINTS                                                                                   \
   void scores(const KvBlock& k, const float* q, int rows, float* s);                                             \
   void accumulate(const KvBlock& v, const float* p, int rows, float* acc);                                       \
@@ -138,7 +141,8 @@ void accumulate_scalar(const KvBlock& v, const float* p, int rows, float* acc);
   void matmul_tile(int rows, int tokens, const float* x, const float* w, float* y, int64_t k, int64_t n_out,     \
                    uintptr_t prefetch);                                                                          \
   void matmul_stream_rows(int tokens, const float* x, const float* w, float* y, int64_t k, int64_t n_out,        \
-                          int64_t n_rows);
+                          int64_t n_rows);                                                               \
+  void dequantize_blocks(BlockFormat f, const uint8_t* codes, const float* scales, int64_t n_blocks, float* out);
 namespace avx2 {
 KVLAB_ISA_ENTRY_POINTS
 }  // namespace avx2

@@ -44,6 +44,12 @@
 //   prefill 576 -> 1536, 512-4096 tokens: 98-108 GFLOP/s per thread, 200-214 GFLOP/s on 2.
 //   scalar reference: 2.7 GFLOP/s per thread.
 //
+// Block-format weights (BlockMatrix, matmul.h) go through the same tiles: a thread dequantizes
+// the rows it is about to use into its scratch (prefill: its whole row block, once, into L2;
+// decode: 16 KiB of f32 rows at a time, into L1) and runs the f32 code on them. A dot therefore
+// sees the very floats it would see in the dequantized matrix, in the same order: bit-identical
+// results, with 6 or 9 bits per weight read from memory instead of 32.
+//
 // Alignment changes no bit (above) but does change speed: a 64-byte load that straddles two cache
 // lines costs two. On 2 cores of an Intel Xeon (family 6 model 167, AVX-512), with x and w 16
 // bytes off a line (where malloc puts large arrays) against on a line, 16 tokens: 576 -> 1536
@@ -56,8 +62,10 @@
 
 #include <algorithm>
 
+#include "base/aligned_vector.h"
 #include "base/check.h"
 
+#include "kernels/cpu/block_dequant.h"
 #include "kernels/cpu/kv_kernels_internal.h"
 #include "kernels/cpu/simd.h"
 #include "kernels/cpu/simd_vec.h"
@@ -72,15 +80,31 @@ constexpr int64_t kMinParallelMacs = int64_t(1) << 16;
 constexpr int64_t kRowBlockBytes = 256 << 10;
 constexpr int64_t kTokenBlockBytes = 128 << 10;
 
+// Rows of a BlockMatrix are dequantized this many bytes of f32 at a time when decoding (the
+// rows are then used once, so they need only stay in L1 while the tokens meet them).
+constexpr int64_t kDecodeChunkBytes = 16 << 10;
+
 // x: [n_tokens, k]   w: [n_out, k]   y: [n_tokens, n_out]
 struct Problem {
   const float* x;
   int64_t n_tokens;
   int64_t k;
-  const float* w;
+  const float* w;              // f32 weights, or nullptr when `blocks` holds them
+  const BlockMatrix* blocks;
   int64_t n_out;
   float* y;
 };
+
+// A thread's dequantized rows [first, first + count) of the product under way (count 0: none).
+// Kept between products so that a decode step allocates nothing; run() forgets the rows.
+struct Scratch {
+  AlignedVector<float> rows;
+  int64_t first = 0, count = 0;
+};
+Scratch& thread_scratch() {
+  static thread_local Scratch s;
+  return s;
+}
 
 // Every ISA provides, as static members of its *Kernel struct:
 //
@@ -92,6 +116,8 @@ struct Problem {
 //       the same for j < T <= kTileTokens and r < n_rows, the rows read as 4 streams: stream s
 //       holds rows [s*len, (s+1)*len), len = n_rows / 4, step j computes row j of each; the
 //       last n_rows % 4 rows come one at a time.
+//   dequantize(format, codes, scales, n_blocks, out)
+//       block_dequant.h for the ISA.
 
 // ---------------------------------------------------------------------------------------------
 // Scalar reference
@@ -105,6 +131,9 @@ float dot_scalar(const float* x, const float* w, int64_t k) {
 struct ScalarKernel {
   static constexpr int kTileRows = 1;
   static constexpr int kTileTokens = 1;
+  static void dequantize(BlockFormat f, const uint8_t* codes, const float* scales, int64_t n_blocks, float* out) {
+    dequantize_blocks_scalar(f, codes, scales, n_blocks, out);
+  }
   template <int R, int T>
   static void tile(const float* x, const float* w, float* y, int64_t k, int64_t n_out,
                    uintptr_t /*prefetch*/) {
@@ -123,10 +152,13 @@ struct ScalarKernel {
 
 #ifdef KVLAB_X86
 // The SIMD ISAs: their register tiles (matmul_simd.h, compiled in isa_avx2.cc / isa_avx512.cc).
-template <class V, auto kTile, auto kStreamRows>
+template <class V, auto kTile, auto kStreamRows, auto kDequantize>
 struct SimdKernel {
   static constexpr int kTileRows = 4;
   static constexpr int kTileTokens = V::kMatmulTokens;
+  static void dequantize(BlockFormat f, const uint8_t* codes, const float* scales, int64_t n_blocks, float* out) {
+    kDequantize(f, codes, scales, n_blocks, out);
+  }
   template <int R, int T>
   static void tile(const float* x, const float* w, float* y, int64_t k, int64_t n_out, uintptr_t prefetch) {
     kTile(R, T, x, w, y, k, n_out, prefetch);
@@ -136,22 +168,40 @@ struct SimdKernel {
     kStreamRows(T, x, w, y, k, n_out, n_rows);
   }
 };
-using Avx2Kernel = SimdKernel<Vec8, avx2::matmul_tile, avx2::matmul_stream_rows>;
-using Avx512Kernel = SimdKernel<Vec16, avx512::matmul_tile, avx512::matmul_stream_rows>;
+using Avx2Kernel = SimdKernel<Vec8, avx2::matmul_tile, avx2::matmul_stream_rows, avx2::dequantize_blocks>;
+using Avx512Kernel = SimdKernel<Vec16, avx512::matmul_tile, avx512::matmul_stream_rows, avx512::dequantize_blocks>;
 #endif  // KVLAB_X86
 
 // ---------------------------------------------------------------------------------------------
 // Blocking and threads (shared by every ISA; none of it changes what a dot computes)
 
-// Rows [o, o + R) against tokens [t0, t1): full T-token tiles, then one narrower tile. The first
-// tile reads these rows from memory (the others find them in L1) and prefetches the next R rows,
-// which this loop reads next: 4 interleaved rows are short streams that the hardware
-// prefetchers miss (10 GB/s instead of 30 from DRAM on one thread at n_tokens = 4, k = 576).
+// Rows [r0, r1) of w as f32: the matrix itself, or the rows dequantized into the thread's scratch
+// (once: the next call for the same rows finds them there).
+template <class K>
+const float* weight_rows(const Problem& p, int64_t r0, int64_t r1, Scratch& s) {
+  if (!p.blocks) return p.w + r0 * p.k;
+  if (s.count == 0 || s.first != r0 || s.count != r1 - r0) {
+    const size_t n = size_t((r1 - r0) * p.k);
+    if (s.rows.size() < n) s.rows.resize(n);
+    const BlockMatrix& b = *p.blocks;
+    K::dequantize(b.format, b.codes + r0 * block_code_bytes(b.format, p.k),
+                  b.scales + r0 * block_scale_floats(b.format, p.k), (r1 - r0) * (p.k / kWeightBlock),
+                  s.rows.data());
+    s.first = r0;
+    s.count = r1 - r0;
+  }
+  return s.rows.data();
+}
+
+// Rows [o, o + R) (f32, starting at w) against tokens [t0, t1): full T-token tiles, then one
+// narrower tile. The first tile reads these rows from memory (the others find them in L1) and
+// prefetches the next R rows, which this loop reads next: 4 interleaved rows are short streams
+// that the hardware prefetchers miss (10 GB/s instead of 30 from DRAM on one thread at
+// n_tokens = 4, k = 576).
 template <class K, int R>
-void run_row_tile(const Problem& p, int64_t o, int64_t t0, int64_t t1) {
+void run_row_tile(const Problem& p, const float* w, int64_t o, int64_t t0, int64_t t1) {
   constexpr int T = K::kTileTokens;
   static_assert(T <= 4, "add the narrower tiles below");
-  const float* w = p.w + o * p.k;
   uintptr_t prefetch = reinterpret_cast<uintptr_t>(w) + uintptr_t(R * p.k) * sizeof(float);
   int64_t t = t0;
   for (; t + T <= t1; t += T, prefetch = 0) {
@@ -173,29 +223,35 @@ void run_row_tile(const Problem& p, int64_t o, int64_t t0, int64_t t1) {
 
 // Output rows [r0, r1) x tokens [t0, t1).
 template <class K>
-void run_block(const Problem& p, int64_t r0, int64_t r1, int64_t t0, int64_t t1) {
+void run_block(const Problem& p, int64_t r0, int64_t r1, int64_t t0, int64_t t1, Scratch& s) {
   constexpr int T = K::kTileTokens;
   const int64_t n = t1 - t0;
   if (n <= T) {  // each row of w is used once: read the rows as streams
     const float* x = p.x + t0 * p.k;
-    const float* w = p.w + r0 * p.k;
-    float* y = p.y + t0 * p.n_out + r0;
-    if (n == 1) K::template stream_rows<1>(x, w, y, p.k, p.n_out, r1 - r0);
-    if constexpr (T > 1) {
-      if (n == 2) K::template stream_rows<2>(x, w, y, p.k, p.n_out, r1 - r0);
-    }
-    if constexpr (T > 2) {
-      if (n == 3) K::template stream_rows<3>(x, w, y, p.k, p.n_out, r1 - r0);
-    }
-    if constexpr (T > 3) {
-      if (n == 4) K::template stream_rows<4>(x, w, y, p.k, p.n_out, r1 - r0);
+    // f32 rows stream from the matrix in one piece; block rows are dequantized a chunk at a time.
+    const int64_t chunk = p.blocks ? std::max<int64_t>(4, kDecodeChunkBytes / (p.k * 4) / 4 * 4) : r1 - r0;
+    for (int64_t c = r0; c < r1; c += chunk) {
+      const int64_t rows = std::min(chunk, r1 - c);
+      const float* w = weight_rows<K>(p, c, c + rows, s);
+      float* y = p.y + t0 * p.n_out + c;
+      if (n == 1) K::template stream_rows<1>(x, w, y, p.k, p.n_out, rows);
+      if constexpr (T > 1) {
+        if (n == 2) K::template stream_rows<2>(x, w, y, p.k, p.n_out, rows);
+      }
+      if constexpr (T > 2) {
+        if (n == 3) K::template stream_rows<3>(x, w, y, p.k, p.n_out, rows);
+      }
+      if constexpr (T > 3) {
+        if (n == 4) K::template stream_rows<4>(x, w, y, p.k, p.n_out, rows);
+      }
     }
     return;
   }
+  const float* w = weight_rows<K>(p, r0, r1, s);
   constexpr int R = K::kTileRows;
   int64_t o = r0;
-  for (; o + R <= r1; o += R) run_row_tile<K, R>(p, o, t0, t1);
-  for (; o < r1; ++o) run_row_tile<K, 1>(p, o, t0, t1);
+  for (; o + R <= r1; o += R) run_row_tile<K, R>(p, w + (o - r0) * p.k, o, t0, t1);
+  for (; o < r1; ++o) run_row_tile<K, 1>(p, w + (o - r0) * p.k, o, t0, t1);
 }
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -242,28 +298,30 @@ void run(const Problem& p) {
   const int64_t n_blocks = b.n_row_blocks * b.n_token_blocks;
   // Block `it` is row block it / n_token_blocks x token block it % n_token_blocks: a thread's
   // contiguous range of blocks walks all token blocks of one row block before the next, so each
-  // w block comes from memory once and then stays in L2.
-  auto block = [&](int64_t it) {
+  // w block comes from memory once (and is dequantized once) and then stays in L2.
+  auto block = [&](int64_t it, Scratch& s) {
     const int64_t r0 = it / b.n_token_blocks * b.rows;
     const int64_t t0 = it % b.n_token_blocks * b.tokens;
-    run_block<K>(p, r0, std::min(r0 + b.rows, p.n_out), t0, std::min(t0 + b.tokens, p.n_tokens));
+    run_block<K>(p, r0, std::min(r0 + b.rows, p.n_out), t0, std::min(t0 + b.tokens, p.n_tokens), s);
   };
   if (n_threads <= 1 || n_blocks <= 1) {
-    for (int64_t it = 0; it < n_blocks; ++it) block(it);
+    Scratch& s = thread_scratch();
+    s.count = 0;
+    for (int64_t it = 0; it < n_blocks; ++it) block(it, s);
     return;
   }
-#pragma omp parallel for schedule(static) num_threads(n_threads)
-  for (int64_t it = 0; it < n_blocks; ++it) block(it);
+#pragma omp parallel num_threads(n_threads)
+  {
+    Scratch& s = thread_scratch();
+    s.count = 0;
+#pragma omp for schedule(static)
+    for (int64_t it = 0; it < n_blocks; ++it) block(it, s);
+  }
 }
 
-}  // namespace
-
-void matmul_isa(Isa isa, const float* x, int64_t n_tokens, int64_t k, const float* w, int64_t n_out,
-                float* y) {
-  KVLAB_CHECK(n_tokens >= 0 && k >= 0 && n_out >= 0);
+void dispatch(Isa isa, const Problem& p) {
   KVLAB_CHECK(int(isa) <= int(detected_isa()));
-  if (n_tokens == 0 || n_out == 0) return;
-  const Problem p{x, n_tokens, k, w, n_out, y};
+  if (p.n_tokens == 0 || p.n_out == 0) return;
   switch (isa) {
     case Isa::kScalar:
       run<ScalarKernel>(p);
@@ -283,8 +341,36 @@ void matmul_isa(Isa isa, const float* x, int64_t n_tokens, int64_t k, const floa
   KVLAB_CHECK(false && "ISA not compiled into this build");
 }
 
+}  // namespace
+
+void matmul_isa(Isa isa, const float* x, int64_t n_tokens, int64_t k, const float* w, int64_t n_out,
+                float* y) {
+  KVLAB_CHECK(n_tokens >= 0 && k >= 0 && n_out >= 0);
+  dispatch(isa, Problem{x, n_tokens, k, w, nullptr, n_out, y});
+}
+
 void matmul(const float* x, int64_t n_tokens, int64_t k, const float* w, int64_t n_out, float* y) {
   matmul_isa(active_isa(), x, n_tokens, k, w, n_out, y);
+}
+
+int64_t block_code_bytes(BlockFormat f, int64_t k) { return f == BlockFormat::kQ4_1 ? k / 2 : k; }
+int64_t block_scale_floats(BlockFormat f, int64_t k) {
+  return (f == BlockFormat::kQ4_1 ? 2 : 1) * (k / kWeightBlock);
+}
+
+void dequantize_rows(const BlockMatrix& w, int64_t r0, int64_t r1, float* out) {
+  KVLAB_CHECK(w.k % kWeightBlock == 0 && 0 <= r0 && r0 <= r1);
+  dequantize_blocks_scalar(w.format, w.codes + r0 * block_code_bytes(w.format, w.k),
+                       w.scales + r0 * block_scale_floats(w.format, w.k), (r1 - r0) * (w.k / kWeightBlock), out);
+}
+
+void matmul_isa(Isa isa, const float* x, int64_t n_tokens, const BlockMatrix& w, int64_t n_out, float* y) {
+  KVLAB_CHECK(n_tokens >= 0 && w.k > 0 && w.k % kWeightBlock == 0 && n_out >= 0);
+  dispatch(isa, Problem{x, n_tokens, w.k, nullptr, &w, n_out, y});
+}
+
+void matmul(const float* x, int64_t n_tokens, const BlockMatrix& w, int64_t n_out, float* y) {
+  matmul_isa(active_isa(), x, n_tokens, w, n_out, y);
 }
 
 }  // namespace kvlab

@@ -29,4 +29,35 @@ void matmul(const float* x, int64_t n_tokens, int64_t k, const float* w, int64_t
 void matmul_isa(Isa isa, const float* x, int64_t n_tokens, int64_t k, const float* w, int64_t n_out,
                 float* y);
 
+// A weight matrix [n_out, k] kept in one of GGUF's block formats (32 consecutive elements of a row
+// per block), as two planes, both row-major:
+//
+//   kQ4_1  codes [n_out, k / 2] bytes, 16 per block: element j < 16 of a block is the low nibble
+//          of its byte j, element j + 16 the high nibble (ggml's order); scales [n_out, k / 32, 2]
+//          f32 (d, m): w = d * q + m.
+//   kQ8_0  codes [n_out, k] int8; scales [n_out, k / 32] f32 d: w = d * q.
+//
+// d and m are the file's f16 values widened, so d * q is exact in f32 (11 + 4 or 11 + 8
+// significant bits) and w is, bit for bit, the float ggml's dequantizer gives (model/ggml_types.h)
+// whether or not a compiler fuses the multiply and the add. The product below dequantizes rows
+// into per-thread scratch as it goes and runs the f32 tiles on them: y is bit-identical to
+// matmul() on the dequantized matrix (same ISA), while each step reads 6 (Q4_1) or 9 (Q8_0) bits
+// per weight instead of 32.
+enum class BlockFormat : uint8_t { kQ4_1, kQ8_0 };
+inline constexpr int64_t kWeightBlock = 32;  // elements per block
+struct BlockMatrix {
+  BlockFormat format = BlockFormat::kQ4_1;
+  const uint8_t* codes = nullptr;
+  const float* scales = nullptr;
+  int64_t k = 0;  // a multiple of kWeightBlock
+};
+// Bytes of codes and of scales per row.
+int64_t block_code_bytes(BlockFormat f, int64_t k);
+int64_t block_scale_floats(BlockFormat f, int64_t k);
+// Rows [r0, r1) of w as f32, into out[(r1 - r0) * k] (the scalar code; the product uses the ISA's).
+void dequantize_rows(const BlockMatrix& w, int64_t r0, int64_t r1, float* out);
+
+void matmul(const float* x, int64_t n_tokens, const BlockMatrix& w, int64_t n_out, float* y);
+void matmul_isa(Isa isa, const float* x, int64_t n_tokens, const BlockMatrix& w, int64_t n_out, float* y);
+
 }  // namespace kvlab

@@ -129,6 +129,13 @@ struct Vec8 {
     return _mm256_max_ps(_mm256_blendv_ps(acc, v, _mm256_castsi256_ps(m.mask)), acc);
   }
   KVLAB_TARGET_AVX2 static F zero_outside(Lanes m, F v) { return _mm256_and_ps(_mm256_castsi256_ps(m.mask), v); }
+  // kLanes bytes at p, zero- or sign-extended, as floats (exact).
+  KVLAB_TARGET_AVX2 static F load_u8(const uint8_t* p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  }
+  KVLAB_TARGET_AVX2 static F load_i8(const int8_t* p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  }
   KVLAB_TARGET_AVX2 static F load(const float* p) { return _mm256_loadu_ps(p); }
   KVLAB_TARGET_AVX2 static F load(const float* p, Lanes m) { return _mm256_maskload_ps(p, m.mask); }
   KVLAB_TARGET_AVX2 static F load(const float* p, Tail t) {
@@ -306,6 +313,12 @@ struct Vec16 {
   }
   KVLAB_TARGET_AVX512 static F max_in(F acc, Lanes m, F v) { return _mm512_mask_max_ps(acc, m.m, v, acc); }
   KVLAB_TARGET_AVX512 static F zero_outside(Lanes m, F v) { return _mm512_maskz_mov_ps(m.m, v); }
+  KVLAB_TARGET_AVX512 static F load_u8(const uint8_t* p) {  // as Vec8::load_u8
+    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  }
+  KVLAB_TARGET_AVX512 static F load_i8(const int8_t* p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  }
   KVLAB_TARGET_AVX512 static F load(const float* p) { return _mm512_loadu_ps(p); }
   KVLAB_TARGET_AVX512 static F load(const float* p, Tail t) { return _mm512_maskz_loadu_ps(t.m, p); }
   KVLAB_TARGET_AVX512 static void store(float* p, F v) { _mm512_storeu_ps(p, v); }
