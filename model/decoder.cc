@@ -1,7 +1,10 @@
 // Model::forward: the reference Llama decoder.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <initializer_list>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "base/check.h"
@@ -30,7 +33,7 @@ int64_t Model::Matrix::bytes() const {
 }
 
 void Model::Matrix::multiply(const float* x, int64_t n, float* y) const {
-  if (packed) {
+  if (packed()) {
     matmul(x, n, blocks(), rows, y);
   } else {
     matmul(x, n, cols, f32.data(), rows, y);
@@ -38,10 +41,10 @@ void Model::Matrix::multiply(const float* x, int64_t n, float* y) const {
 }
 
 void Model::Matrix::row(int64_t r, float* out) const {
-  if (packed) {
+  if (packed()) {
     dequantize_rows(blocks(), r, r + 1, out);
   } else {
-    std::copy(&f32[size_t(r * cols)], &f32[size_t((r + 1) * cols)], out);
+    std::copy(f32.data() + r * cols, f32.data() + (r + 1) * cols, out);
   }
 }
 
@@ -72,26 +75,27 @@ Model::Matrix stacked(Weights& weights, int64_t cols,
                       std::initializer_list<std::pair<std::vector<float>*, std::string>> parts) {
   Model::Matrix m;
   m.cols = cols;
-  std::vector<PackedMatrix*> packed;
-  for (const auto& [f32, name] : parts) {
-    m.rows += int64_t(f32->size()) / std::max<int64_t>(cols, 1);
-    auto it = weights.packed.find(name);
+  std::vector<std::vector<float>*> f32;
+  std::vector<const PackedMatrix*> packed;
+  for (const auto& [values, name] : parts) {
+    m.rows += int64_t(values->size()) / std::max<int64_t>(cols, 1);
+    f32.push_back(values);
+    const auto it = weights.packed.find(name);
     packed.push_back(it == weights.packed.end() ? nullptr : &it->second);
   }
-  m.packed = packed.front() != nullptr;
-  for (const PackedMatrix* p : packed) m.packed = m.packed && p && p->format == packed.front()->format;
-  if (!m.packed) {
-    std::vector<std::vector<float>*> f32;
-    for (const auto& part : parts) f32.push_back(part.first);
+  const BlockFormat format = packed.front() ? packed.front()->format : BlockFormat::kQ4_1;
+  if (!std::all_of(packed.begin(), packed.end(), [&](const PackedMatrix* p) { return p && p->format == format; })) {
     m.f32 = aligned_rows(f32);
     return m;
   }
-  m.format = packed.front()->format;
-  for (size_t i = 0; i < packed.size(); ++i) {
-    m.codes.insert(m.codes.end(), packed[i]->codes.begin(), packed[i]->codes.end());
-    m.scales.insert(m.scales.end(), packed[i]->scales.begin(), packed[i]->scales.end());
-    std::vector<float>().swap(*std::data(parts)[i].first);
-    weights.packed.erase(std::data(parts)[i].second);
+  m.format = format;
+  for (const PackedMatrix* p : packed) {
+    m.codes.insert(m.codes.end(), p->codes.begin(), p->codes.end());
+    m.scales.insert(m.scales.end(), p->scales.begin(), p->scales.end());
+  }
+  for (const auto& [values, name] : parts) {
+    std::vector<float>().swap(*values);
+    weights.packed.erase(name);
   }
   return m;
 }

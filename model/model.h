@@ -63,11 +63,11 @@ class Model {
   struct Matrix {
     int64_t rows = 0, cols = 0;
     AlignedVector<float> f32;  // [rows, cols]; empty when packed
-    bool packed = false;
     BlockFormat format = BlockFormat::kQ4_1;
-    AlignedVector<uint8_t> codes;
+    AlignedVector<uint8_t> codes;  // BlockMatrix planes; empty when f32
     AlignedVector<float> scales;
 
+    bool packed() const { return !codes.empty(); }
     BlockMatrix blocks() const { return {format, codes.data(), scales.data(), cols}; }
     int64_t bytes() const;
     // y[n, rows] = x[n, cols] * this^T

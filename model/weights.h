@@ -1,5 +1,6 @@
 // Decoder weights, dequantized to f32 at load time (and block-format matrices also as stored).
-// Every matrix is row-major [out, in], so a linear layer is y[t, o] = sum_i x[t, i] * W[o, i] (kernels/cpu/matmul.h).
+// Every matrix is row-major [out, in], so a linear layer is y[t, o] = sum_i x[t, i] * W[o, i]
+// (kernels/cpu/matmul.h).
 #pragma once
 
 #include <cstdint>

@@ -6,7 +6,6 @@
 #pragma once
 
 #include <cstdint>
-#include <cstring>
 
 #include "kernels/cpu/kv_kernels_internal.h"
 #include "kernels/cpu/matmul.h"

@@ -8,7 +8,7 @@
 //   kv_int_f32.h               integer blocks through f32 arithmetic, written once over the width
 //   softmax_simd.h             exp and the online softmax, written once over the width
 //   matmul_simd.h              the matmul's register tiles (matmul.cc), written once over the width
-//   block_dequant.h            the matmul's block-format weights to f32, written once (no intrinsics)
+//   block_dequant.h            the matmul's block-format weights to f32: scalar, and once over the width
 //   isa_entry.inc              the entry points of all of these for one ISA
 //   isa_avx2.cc                those instantiated for AVX2 (8 lanes)
 //   isa_avx512.cc              those instantiated for AVX-512 (16 lanes)
@@ -141,7 +141,7 @@ void accumulate_scalar(const KvBlock& v, const float* p, int rows, float* acc);
   void matmul_tile(int rows, int tokens, const float* x, const float* w, float* y, int64_t k, int64_t n_out,     \
                    uintptr_t prefetch);                                                                          \
   void matmul_stream_rows(int tokens, const float* x, const float* w, float* y, int64_t k, int64_t n_out,        \
-                          int64_t n_rows);                                                               \
+                          int64_t n_rows);                                                                       \
   void dequantize_blocks(BlockFormat f, const uint8_t* codes, const float* scales, int64_t n_blocks, float* out);
 namespace avx2 {
 KVLAB_ISA_ENTRY_POINTS

@@ -80,6 +80,14 @@ constexpr int64_t kMinParallelMacs = int64_t(1) << 16;
 constexpr int64_t kRowBlockBytes = 256 << 10;
 constexpr int64_t kTokenBlockBytes = 128 << 10;
 
+using DequantizeFn = void (*)(BlockFormat, const uint8_t*, const float*, int64_t, float*);
+
+// Rows [r0, r1) of w through `dequantize` (one ISA's block_dequant.h), into out[(r1 - r0) * k].
+void dequantize_range(const BlockMatrix& w, int64_t r0, int64_t r1, float* out, DequantizeFn dequantize) {
+  dequantize(w.format, w.codes + r0 * block_code_bytes(w.format, w.k), w.scales + r0 * block_scale_floats(w.format, w.k),
+             (r1 - r0) * (w.k / kWeightBlock), out);
+}
+
 // Rows of a BlockMatrix are dequantized this many bytes of f32 at a time when decoding (the
 // rows are then used once, so they need only stay in L1 while the tokens meet them).
 constexpr int64_t kDecodeChunkBytes = 16 << 10;
@@ -180,13 +188,10 @@ using Avx512Kernel = SimdKernel<Vec16, avx512::matmul_tile, avx512::matmul_strea
 template <class K>
 const float* weight_rows(const Problem& p, int64_t r0, int64_t r1, Scratch& s) {
   if (!p.blocks) return p.w + r0 * p.k;
-  if (s.count == 0 || s.first != r0 || s.count != r1 - r0) {
+  if (s.first != r0 || s.count != r1 - r0) {  // r1 > r0, so count 0 never matches
     const size_t n = size_t((r1 - r0) * p.k);
     if (s.rows.size() < n) s.rows.resize(n);
-    const BlockMatrix& b = *p.blocks;
-    K::dequantize(b.format, b.codes + r0 * block_code_bytes(b.format, p.k),
-                  b.scales + r0 * block_scale_floats(b.format, p.k), (r1 - r0) * (p.k / kWeightBlock),
-                  s.rows.data());
+    dequantize_range(*p.blocks, r0, r1, s.rows.data(), K::dequantize);
     s.first = r0;
     s.count = r1 - r0;
   }
@@ -360,8 +365,7 @@ int64_t block_scale_floats(BlockFormat f, int64_t k) {
 
 void dequantize_rows(const BlockMatrix& w, int64_t r0, int64_t r1, float* out) {
   KVLAB_CHECK(w.k % kWeightBlock == 0 && 0 <= r0 && r0 <= r1);
-  dequantize_blocks_scalar(w.format, w.codes + r0 * block_code_bytes(w.format, w.k),
-                       w.scales + r0 * block_scale_floats(w.format, w.k), (r1 - r0) * (w.k / kWeightBlock), out);
+  dequantize_range(w, r0, r1, out, dequantize_blocks_scalar);
 }
 
 void matmul_isa(Isa isa, const float* x, int64_t n_tokens, const BlockMatrix& w, int64_t n_out, float* y) {
