@@ -75,23 +75,26 @@ Model::Matrix stacked(Weights& weights, int64_t cols,
                       std::initializer_list<std::pair<std::vector<float>*, std::string>> parts) {
   Model::Matrix m;
   m.cols = cols;
-  std::vector<std::vector<float>*> f32;
   std::vector<const PackedMatrix*> packed;
   for (const auto& [values, name] : parts) {
-    m.rows += int64_t(values->size()) / std::max<int64_t>(cols, 1);
-    f32.push_back(values);
     const auto it = weights.packed.find(name);
     packed.push_back(it == weights.packed.end() ? nullptr : &it->second);
+    m.rows += packed.back() ? packed.back()->rows : int64_t(values->size()) / std::max<int64_t>(cols, 1);
   }
   const BlockFormat format = packed.front() ? packed.front()->format : BlockFormat::kQ4_1;
-  if (!std::all_of(packed.begin(), packed.end(), [&](const PackedMatrix* p) { return p && p->format == format; })) {
+  if (std::all_of(packed.begin(), packed.end(), [&](const PackedMatrix* p) { return p && p->format == format; })) {
+    m.format = format;
+    for (const PackedMatrix* p : packed) {
+      m.codes.insert(m.codes.end(), p->codes.begin(), p->codes.end());
+      m.scales.insert(m.scales.end(), p->scales.begin(), p->scales.end());
+    }
+  } else {
+    std::vector<std::vector<float>*> f32;
+    for (const auto& [values, name] : parts) {
+      *values = weights.dense(*values, name);
+      f32.push_back(values);
+    }
     m.f32 = aligned_rows(f32);
-    return m;
-  }
-  m.format = format;
-  for (const PackedMatrix* p : packed) {
-    m.codes.insert(m.codes.end(), p->codes.begin(), p->codes.end());
-    m.scales.insert(m.scales.end(), p->scales.begin(), p->scales.end());
   }
   for (const auto& [values, name] : parts) {
     std::vector<float>().swap(*values);
@@ -109,13 +112,15 @@ Model::Model(std::string path, ModelConfig config, Weights weights, std::unique_
       tokenizer_(std::move(tokenizer)),
       rope_(std::make_unique<RopeTable>(config_.head_dim, config_.rope_theta, config_.rope_style,
                                         config_.max_seq_len)) {
-  // Shape, then the W_k and W_v rows of each layer (f32 as loaded), 8 bytes at a time.
+  // Shape, then the W_k and W_v rows of each layer as f32, 8 bytes at a time.
   uint64_t h = 1469598103934665603ull;
   auto mix = [&h](uint64_t x) { h = (h ^ x) * 1099511628211ull; };
   for (int x : {config_.n_layers, config_.dim, config_.n_heads, config_.n_kv_heads, config_.head_dim}) mix(uint64_t(x));
-  for (const LayerWeights& w : weights.layers) {
-    std::vector<float> kv(w.wk);
-    kv.insert(kv.end(), w.wv.begin(), w.wv.end());
+  for (size_t l = 0; l < weights.layers.size(); ++l) {
+    const std::string p = "blk." + std::to_string(l) + ".";
+    std::vector<float> kv = weights.dense(weights.layers[l].wk, p + "attn_k.weight");
+    const std::vector<float> v = weights.dense(weights.layers[l].wv, p + "attn_v.weight");
+    kv.insert(kv.end(), v.begin(), v.end());
     for (size_t i = 0; i + 1 < kv.size(); i += 2) {
       uint64_t x;
       std::memcpy(&x, kv.data() + i, sizeof x);
@@ -138,7 +143,7 @@ Model::Model(std::string path, ModelConfig config, Weights weights, std::unique_
     layers_.push_back(std::move(l));
   }
   token_embedding_ = stacked(weights, dim, {{&weights.token_embedding, "token_embd.weight"}});
-  if (!weights.output.empty()) classifier_ = stacked(weights, dim, {{&weights.output, "output.weight"}});
+  if (!weights.tied()) classifier_ = stacked(weights, dim, {{&weights.output, "output.weight"}});
 }
 
 KvGeometry Model::cache_geometry() const {

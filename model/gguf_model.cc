@@ -181,11 +181,25 @@ StatusOr<Checkpoint> load_gguf_checkpoint(const GgufFile& gguf) {
     }
   }
 
-  // Dequantize everything in one parallel region over pieces of whole blocks, rather than one
-  // region per tensor: SmolLM2 has 272 tensors, and starting that many regions costs more than it
-  // saves when the other cores are busy. Measured on a shared, loaded 2-core machine: one thread
-  // 0.33 s; two threads with a region per tensor (GgufFile::dequantize) 0.9-1.3 s; two threads
-  // with this single region 0.21-0.34 s.
+  // The matrices in a block format the matmul takes as it is (kernels/cpu/matmul.h) are kept in
+  // that form only; everything else is dequantized to f32.
+  std::vector<PackedMatrix*> packed(wanted.size(), nullptr);
+  for (size_t i = 0; i < wanted.size(); ++i) {
+    const GgufFile::Tensor* t = found[i];
+    const std::optional<BlockFormat> f = block_format_of(t->type);
+    if (!f || t->shape.size() != 2 || t->shape[0] % kWeightBlock != 0) continue;
+    PackedMatrix& m = w.packed[wanted[i].name];
+    m.format = *f;
+    m.cols = t->shape[0];
+    m.rows = t->shape[1];
+    packed[i] = &m;
+  }
+
+  // Dequantize in one parallel region over pieces of whole blocks, rather than one region per
+  // tensor: SmolLM2 has 272 tensors, and starting that many regions costs more than it saves when
+  // the other cores are busy. Measured on a shared, loaded 2-core machine, when every tensor was
+  // dequantized: one thread 0.33 s; two threads with a region per tensor (GgufFile::dequantize)
+  // 0.9-1.3 s; two threads with this single region 0.21-0.34 s.
   struct Piece {
     const GgufFile::Tensor* t;
     std::vector<float>* dst;
@@ -194,6 +208,7 @@ StatusOr<Checkpoint> load_gguf_checkpoint(const GgufFile& gguf) {
   constexpr int64_t kPieceBlocks = 16384;
   std::vector<Piece> pieces;
   for (size_t i = 0; i < wanted.size(); ++i) {
+    if (packed[i]) continue;
     const GgufFile::Tensor* t = found[i];
     const int64_t n_blocks = t->n_elements / ggml_type_info(uint32_t(t->type))->block_size;
     for (int64_t b = 0; b < n_blocks; b += kPieceBlocks) {
@@ -202,9 +217,11 @@ StatusOr<Checkpoint> load_gguf_checkpoint(const GgufFile& gguf) {
   }
 #pragma omp parallel
   {
-    // Allocation zero-fills every vector (540 MB for SmolLM2): share that work too.
+    // Allocation zero-fills every vector: share that work too.
 #pragma omp for schedule(dynamic)
-    for (size_t i = 0; i < wanted.size(); ++i) wanted[i].dst->resize(size_t(found[i]->n_elements));
+    for (size_t i = 0; i < wanted.size(); ++i) {
+      if (!packed[i]) wanted[i].dst->resize(size_t(found[i]->n_elements));
+    }
 #pragma omp for schedule(dynamic)
     for (size_t i = 0; i < pieces.size(); ++i) {
       const Piece& p = pieces[i];
@@ -212,19 +229,15 @@ StatusOr<Checkpoint> load_gguf_checkpoint(const GgufFile& gguf) {
       dequantize_row(p.t->type, gguf.tensor_data(*p.t) + p.first_block * info->block_bytes,
                      p.dst->data() + p.first_block * info->block_size, p.n_blocks * info->block_size);
     }
-  }
-  // The matrices in a block format the matmul takes as it is (kernels/cpu/matmul.h), also in that form.
-  for (size_t i = 0; i < wanted.size(); ++i) {
-    const GgufFile::Tensor* t = found[i];
-    const std::optional<BlockFormat> f = block_format_of(t->type);
-    if (!f || t->shape.size() != 2 || t->shape[0] % kWeightBlock != 0) continue;
-    const int64_t rows = t->shape[1], k = t->shape[0];
-    const int64_t n_blocks = t->n_elements / kWeightBlock;
-    PackedMatrix& m = w.packed[wanted[i].name];
-    m.format = *f;
-    m.codes.resize(size_t(rows * block_code_bytes(*f, k)));
-    m.scales.resize(size_t(rows * block_scale_floats(*f, k)));
-    split_blocks(t->type, gguf.tensor_data(*t), n_blocks, m.codes.data(), m.scales.data());
+#pragma omp for schedule(dynamic)
+    for (size_t i = 0; i < wanted.size(); ++i) {
+      PackedMatrix* m = packed[i];
+      if (!m) continue;
+      m->codes.resize(size_t(m->rows * block_code_bytes(m->format, m->cols)));
+      m->scales.resize(size_t(m->rows * block_scale_floats(m->format, m->cols)));
+      split_blocks(found[i]->type, gguf.tensor_data(*found[i]), found[i]->n_elements / kWeightBlock,
+                   m->codes.data(), m->scales.data());
+    }
   }
   return ck;
 }

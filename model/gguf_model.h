@@ -1,5 +1,5 @@
-// Builds a Checkpoint (config + f32 weights, and the Q4_1 / Q8_0 matrices also as stored) from a GGUF
-// file of architecture "llama".
+// Builds a Checkpoint (config + weights: the Q4_1 / Q8_0 matrices as stored, everything else as
+// f32) from a GGUF file of architecture "llama".
 #pragma once
 
 #include "base/status.h"

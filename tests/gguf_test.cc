@@ -634,12 +634,14 @@ StatusOr<Checkpoint> load_tiny(const std::vector<uint8_t>& bytes) {
 
 void expect_weights(const Checkpoint& ck, const std::map<std::string, std::vector<float>>& values) {
   const Weights& w = ck.weights;
-  expect_close(w.token_embedding, values.at("token_embd.weight"), "token_embd");
+  // Matrices the file stores as Q4_1 / Q8_0 are kept only in that form: dense() gives their values.
+  expect_close(w.dense(w.token_embedding, "token_embd.weight"), values.at("token_embd.weight"), "token_embd");
   expect_close(w.final_norm, values.at("output_norm.weight"), "output_norm");
   if (values.count("output.weight")) {
-    expect_close(w.output, values.at("output.weight"), "output");
+    expect_close(w.dense(w.output, "output.weight"), values.at("output.weight"), "output");
+    EXPECT_FALSE(w.tied());
   } else {
-    EXPECT_TRUE(w.output.empty());
+    EXPECT_TRUE(w.tied());
     EXPECT_EQ(&w.classifier(), &w.token_embedding);
   }
   ASSERT_EQ(int(w.layers.size()), ck.config.n_layers);
@@ -647,14 +649,14 @@ void expect_weights(const Checkpoint& ck, const std::map<std::string, std::vecto
     const std::string p = "blk." + std::to_string(l) + ".";
     const LayerWeights& lw = w.layers[size_t(l)];
     expect_close(lw.attn_norm, values.at(p + "attn_norm.weight"), p + "attn_norm");
-    expect_close(lw.wq, values.at(p + "attn_q.weight"), p + "attn_q");
-    expect_close(lw.wk, values.at(p + "attn_k.weight"), p + "attn_k");
-    expect_close(lw.wv, values.at(p + "attn_v.weight"), p + "attn_v");
-    expect_close(lw.wo, values.at(p + "attn_output.weight"), p + "attn_output");
+    expect_close(w.dense(lw.wq, p + "attn_q.weight"), values.at(p + "attn_q.weight"), p + "attn_q");
+    expect_close(w.dense(lw.wk, p + "attn_k.weight"), values.at(p + "attn_k.weight"), p + "attn_k");
+    expect_close(w.dense(lw.wv, p + "attn_v.weight"), values.at(p + "attn_v.weight"), p + "attn_v");
+    expect_close(w.dense(lw.wo, p + "attn_output.weight"), values.at(p + "attn_output.weight"), p + "attn_output");
     expect_close(lw.ffn_norm, values.at(p + "ffn_norm.weight"), p + "ffn_norm");
-    expect_close(lw.w_gate, values.at(p + "ffn_gate.weight"), p + "ffn_gate");
-    expect_close(lw.w_up, values.at(p + "ffn_up.weight"), p + "ffn_up");
-    expect_close(lw.w_down, values.at(p + "ffn_down.weight"), p + "ffn_down");
+    expect_close(w.dense(lw.w_gate, p + "ffn_gate.weight"), values.at(p + "ffn_gate.weight"), p + "ffn_gate");
+    expect_close(w.dense(lw.w_up, p + "ffn_up.weight"), values.at(p + "ffn_up.weight"), p + "ffn_up");
+    expect_close(w.dense(lw.w_down, p + "ffn_down.weight"), values.at(p + "ffn_down.weight"), p + "ffn_down");
   }
 }
 
@@ -679,8 +681,8 @@ TEST(GgufModel, TinyLlamaTiedLoadsConfigAndEveryWeight) {
   EXPECT_TRUE(c.tied_embeddings);
   expect_weights(*ck, tiny.values);
   // Shapes: [out, in] row-major, e.g. W_k is [kv_dim = 16, dim = 32].
-  EXPECT_EQ(ck->weights.layers[0].wk.size(), 16u * 32u);
-  EXPECT_EQ(ck->weights.layers[1].w_down.size(), 32u * 48u);
+  EXPECT_EQ(ck->weights.dense(ck->weights.layers[0].wk, "blk.0.attn_k.weight").size(), 16u * 32u);
+  EXPECT_EQ(ck->weights.dense(ck->weights.layers[1].w_down, "blk.1.ffn_down.weight").size(), 32u * 48u);
 }
 
 TEST(GgufModel, TinyLlamaUntiedWithOtherShape) {
@@ -859,17 +861,23 @@ TEST_F(SmolLM2, CheckpointConfigAndValuesMatchPythonGguf) {
 
   const auto fixture = read_fixture();
   ASSERT_GE(fixture.size(), 300u) << "tests/fixtures/smollm2_gguf_values.txt";
-  const std::map<std::string, const std::vector<float>*> from_checkpoint = {
-      {"token_embd.weight", &ck->weights.token_embedding},
-      {"blk.0.attn_q.weight", &ck->weights.layers[0].wq},
-      {"blk.0.attn_norm.weight", &ck->weights.layers[0].attn_norm},
-      {"blk.29.ffn_down.weight", &ck->weights.layers[29].w_down},
+  // The Q4_1 / Q8_0 matrices are kept only as stored (their f32 members empty); Weights::dense
+  // gives their values.
+  const Weights& w = ck->weights;
+  EXPECT_TRUE(w.token_embedding.empty());
+  EXPECT_TRUE(w.layers[0].wq.empty());
+  EXPECT_FALSE(w.layers[0].attn_norm.empty());
+  const std::map<std::string, std::vector<float>> from_checkpoint = {
+      {"token_embd.weight", w.dense(w.token_embedding, "token_embd.weight")},
+      {"blk.0.attn_q.weight", w.dense(w.layers[0].wq, "blk.0.attn_q.weight")},
+      {"blk.0.attn_norm.weight", w.dense(w.layers[0].attn_norm, "blk.0.attn_norm.weight")},
+      {"blk.29.ffn_down.weight", w.dense(w.layers[29].w_down, "blk.29.ffn_down.weight")},
   };
   std::map<std::string, int> checked;
   for (const auto& f : fixture) {
     const auto it = from_checkpoint.find(f.tensor);
     ASSERT_NE(it, from_checkpoint.end()) << f.tensor;
-    const std::vector<float>& v = *it->second;
+    const std::vector<float>& v = it->second;
     ASSERT_LT(size_t(f.index), v.size()) << f.tensor;
     const float got = v[size_t(f.index)];
     EXPECT_LE(std::fabs(got - f.value), 1e-6f * std::fabs(f.value) + 1e-12f)
@@ -880,21 +888,22 @@ TEST_F(SmolLM2, CheckpointConfigAndValuesMatchPythonGguf) {
   // The loader hands out exactly what GgufFile::dequantize produces, bytes in the same order.
   const auto wq = g->dequantize(*g->find_tensor("blk.0.attn_q.weight"));
   ASSERT_TRUE(wq.ok());
-  EXPECT_EQ(*wq, ck->weights.layers[0].wq);
+  EXPECT_EQ(*wq, from_checkpoint.at("blk.0.attn_q.weight"));
   // The values are not all alike (a reader returning zeros or one block repeated would fail).
-  EXPECT_NE(ck->weights.token_embedding[0], ck->weights.token_embedding[1]);
+  EXPECT_NE(from_checkpoint.at("token_embd.weight")[0], from_checkpoint.at("token_embd.weight")[1]);
 
   // The matrices kept as the file stores them (the decoder multiplies by these): every Q4_1
-  // layer matrix and the Q8_0 embedding, each giving back its f32 copy bit for bit.
+  // layer matrix and the Q8_0 embedding, each giving back ggml's dequantized values bit for bit.
   EXPECT_EQ(ck->weights.packed.size(), 7u * 30u + 1u);
   for (const auto& [name, packed] : ck->weights.packed) {
     const GgufFile::Tensor* t = g->find_tensor(name);
     ASSERT_NE(t, nullptr) << name;
     EXPECT_EQ(packed.format, name == "token_embd.weight" ? BlockFormat::kQ8_0 : BlockFormat::kQ4_1) << name;
     const int64_t k = t->shape[0], rows = t->shape[1];
-    const BlockMatrix m{packed.format, packed.codes.data(), packed.scales.data(), k};
+    ASSERT_EQ(packed.cols, k) << name;
+    ASSERT_EQ(packed.rows, rows) << name;
     std::vector<float> got(size_t(rows * k));
-    dequantize_rows(m, 0, rows, got.data());
+    dequantize_rows(packed.blocks(), 0, rows, got.data());
     const auto want = g->dequantize(*t);
     ASSERT_TRUE(want.ok());
     ASSERT_EQ(std::memcmp(got.data(), want->data(), got.size() * sizeof(float)), 0) << name;
