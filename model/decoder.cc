@@ -9,20 +9,52 @@
 
 #include "base/check.h"
 #include "kernels/cpu/matmul.h"
+#include "kernels/cpu/softmax.h"
 #include "model/model.h"
 
 namespace kvlab {
 namespace {
 
-// out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w, rows of width dim.
+// Below this many elements an element-wise step runs on one thread: forking a team costs ~2 us,
+// more than the work (a decode step's rows are a few thousand elements).
+constexpr int64_t kMinParallelElements = int64_t(1) << 16;
+
+// out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w, rows of width dim. The sum of squares runs in 16
+// interleaved partial sums (element i into sum i % 16), added in a fixed tree: the compiler
+// vectorizes it (one running sum is a chain of dependent adds, 4 cycles each), and a row's
+// result does not depend on the other rows or the thread count.
 void rms_norm(const float* x, const float* w, int64_t n_rows, int dim, float eps, float* out) {
+  constexpr int kSums = 16;
+#pragma omp parallel for schedule(static) if (n_rows * dim >= kMinParallelElements)
   for (int64_t r = 0; r < n_rows; ++r) {
     const float* xr = x + r * dim;
-    float ss = 0.0f;
-    for (int i = 0; i < dim; ++i) ss += xr[i] * xr[i];
-    const float inv = 1.0f / std::sqrt(ss / float(dim) + eps);
+    float part[kSums] = {};
+    int i = 0;
+    for (; i + kSums <= dim; i += kSums) {
+      for (int j = 0; j < kSums; ++j) part[j] += xr[i + j] * xr[i + j];
+    }
+    for (; i < dim; ++i) part[i % kSums] += xr[i] * xr[i];
+    for (int width = kSums / 2; width > 0; width /= 2) {
+      for (int j = 0; j < width; ++j) part[j] += part[j + width];
+    }
+    const float inv = 1.0f / std::sqrt(part[0] / float(dim) + eps);
     float* o = out + r * dim;
-    for (int i = 0; i < dim; ++i) o[i] = xr[i] * inv * w[i];
+    for (int j = 0; j < dim; ++j) o[j] = xr[j] * inv * w[j];
+  }
+}
+
+// h[r, i] = silu(gate[r, i]) * up[r, i] = gate / (1 + exp(-gate)) * up, from rows [gate | up] of
+// width 2 * hidden. exp is the kernels' vector exp (kernels/cpu/softmax.h, within 1 ulp; the
+// same bits for any row count), not one libm call per element.
+void swiglu(const float* gate_up, int64_t n_rows, int hidden, float* h) {
+#pragma omp parallel for schedule(static) if (n_rows * hidden >= kMinParallelElements)
+  for (int64_t r = 0; r < n_rows; ++r) {
+    const float* g = gate_up + r * 2 * hidden;
+    const float* u = g + hidden;
+    float* hr = h + r * hidden;
+    for (int i = 0; i < hidden; ++i) hr[i] = -g[i];
+    exp_inplace(hr, hidden);
+    for (int i = 0; i < hidden; ++i) hr[i] = g[i] / (1.0f + hr[i]) * u[i];
   }
 }
 
@@ -222,12 +254,7 @@ Status Model::forward(KvCache& cache, std::span<const SeqInput> inputs, LogitsMo
 
     rms_norm(x.data(), w.ffn_norm.data(), n, D, config_.norm_eps, xn.data());
     linear(xn, n, w.w_gate_up, gate_up);
-    for (int64_t r = 0; r < n; ++r) {
-      const float* g = &gate_up[size_t(r) * 2 * H];
-      const float* u = g + H;
-      float* hr = &h[size_t(r) * H];
-      for (int i = 0; i < H; ++i) hr[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
-    }
+    swiglu(gate_up.data(), n, H, h.data());
     linear(h, n, w.w_down, down);
     for (size_t i = 0; i < x.size(); ++i) x[i] += down[i];
   }
