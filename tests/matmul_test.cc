@@ -259,8 +259,8 @@ TEST_P(MatmulIsaTest, ResultIndependentOfPointerAlignment) {
 
 // ---------------------------------------------------------------------------------------------
 // Block-format weights (BlockMatrix): the product over the packed rows is bit for bit the f32
-// product over the same rows dequantized, whatever the path (decode chunks, prefill blocks,
-// threads).
+// product over the same rows dequantized, whatever the path (decode streams dequantized in
+// registers, prefill blocks through scratch, threads).
 
 // A random BlockMatrix with its planes. Scales are f16 values widened (as a file's are), some
 // negative, some subnormal in f16; Q4_1 minima likewise.

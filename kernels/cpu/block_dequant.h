@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <utility>
 
 #include "kernels/cpu/kv_kernels_internal.h"
 #include "kernels/cpu/matmul.h"
@@ -33,28 +34,44 @@ inline void dequantize_blocks_scalar(BlockFormat f, const uint8_t* codes, const 
 }
 
 #ifdef KVLAB_X86
+// Vector U (elements [32 b + U * kLanes, + kLanes)) of block b of a row of blocks in format Fmt,
+// as f32: the values of dequantize_blocks_scalar. The matmul's decode path reads its weights
+// through this, in registers; dequantize_blocks_simd below writes them out. U is a template
+// argument so that the vectors of one block share their code load and scale broadcasts.
+template <class V, BlockFormat Fmt, int U>
+inline typename V::F block_vec(const uint8_t* codes, const float* scales, int64_t b) {
+  constexpr int j = U * V::kLanes;  // first element within the block
+  static_assert(j < kWeightBlock);
+  if constexpr (Fmt == BlockFormat::kQ4_1) {
+    // Element j < 16 of a block is the low nibble of byte j, element 16 + j its high nibble.
+    return V::fma(V::set1(scales[2 * b]), V::template load_u4<j < 16 ? 0 : 4>(codes + 16 * b + j % 16),
+                  V::set1(scales[2 * b + 1]));
+  } else {
+    return V::mul(V::set1(scales[b]), V::load_i8(reinterpret_cast<const int8_t*>(codes) + 32 * b + j));
+  }
+}
+
+// Calls f.template operator()<U>() for U = 0 .. N-1, in order.
+template <int N, class F>
+inline void for_each_index(F&& f) {
+  [&]<int... U>(std::integer_sequence<int, U...>) { (f.template operator()<U>(), ...); }(std::make_integer_sequence<int, N>{});
+}
+
+template <class V, BlockFormat Fmt>
+void dequantize_blocks_as(const uint8_t* codes, const float* scales, int64_t n_blocks, float* out) {
+  for (int64_t b = 0; b < n_blocks; ++b) {
+    for_each_index<kWeightBlock / V::kLanes>(
+        [&]<int U>() { V::store(out + 32 * b + U * V::kLanes, block_vec<V, Fmt, U>(codes, scales, b)); });
+  }
+}
+
 template <class V>
 void dequantize_blocks_simd(BlockFormat f, const uint8_t* codes, const float* scales, int64_t n_blocks,
                             float* out) {
-  constexpr int L = V::kLanes;
-  for (int64_t b = 0; b < n_blocks; ++b) {
-    float* y = out + 32 * b;
-    if (f == BlockFormat::kQ4_1) {
-      // The block's 32 nibbles as bytes, in element order.
-      alignas(16) uint8_t n[32];
-      const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + 16 * b));
-      const __m128i low = _mm_set1_epi8(0x0f);
-      _mm_store_si128(reinterpret_cast<__m128i*>(n), _mm_and_si128(q, low));
-      _mm_store_si128(reinterpret_cast<__m128i*>(n + 16), _mm_and_si128(_mm_srli_epi16(q, 4), low));
-      const typename V::F d = V::set1(scales[2 * b]), m = V::set1(scales[2 * b + 1]);
-      KVLAB_UNROLL
-      for (int j = 0; j < 32; j += L) V::store(y + j, V::fma(d, V::load_u8(n + j), m));
-    } else {
-      const int8_t* q = reinterpret_cast<const int8_t*>(codes) + 32 * b;
-      const typename V::F d = V::set1(scales[b]);
-      KVLAB_UNROLL
-      for (int j = 0; j < 32; j += L) V::store(y + j, V::mul(d, V::load_i8(q + j)));
-    }
+  if (f == BlockFormat::kQ4_1) {
+    dequantize_blocks_as<V, BlockFormat::kQ4_1>(codes, scales, n_blocks, out);
+  } else {
+    dequantize_blocks_as<V, BlockFormat::kQ8_0>(codes, scales, n_blocks, out);
   }
 }
 #endif  // KVLAB_X86

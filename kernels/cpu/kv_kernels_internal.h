@@ -130,8 +130,8 @@ void accumulate_scalar(const KvBlock& v, const float* p, int rows, float* acc);
 
 // The entry points of each SIMD ISA (isa_entry.inc defines them in namespaces avx2 and avx512):
 // decode attention (kv_attention.h), the online softmax and exp (softmax.h), the matmul's
-// register tiles (matmul_simd.h: rows 1 or 4, tokens 1 .. Vec::kMatmulTokens) and its weight
-// blocks to f32 (block_dequant.h).
+// register tiles and decode streams over f32 rows or weight blocks (matmul_simd.h: rows 1 or 4,
+// tokens 1 .. Vec::kMatmulTokens) and its weight blocks to f32 (block_dequant.h).
 #define KVLAB_ISA_ENTRY_POINTS                                                                                   \
   void scores(const KvBlock& k, const float* q, int rows, float* s);                                             \
   void accumulate(const KvBlock& v, const float* p, int rows, float* acc);                                       \
@@ -142,6 +142,8 @@ void accumulate_scalar(const KvBlock& v, const float* p, int rows, float* acc);
                    uintptr_t prefetch);                                                                          \
   void matmul_stream_rows(int tokens, const float* x, const float* w, float* y, int64_t k, int64_t n_out,        \
                           int64_t n_rows);                                                                       \
+  void matmul_stream_block_rows(int tokens, const float* x, const BlockMatrix& w, float* y, int64_t n_out,     \
+                                int64_t n_rows);                                                             \
   void dequantize_blocks(BlockFormat f, const uint8_t* codes, const float* scales, int64_t n_blocks, float* out);
 namespace avx2 {
 KVLAB_ISA_ENTRY_POINTS

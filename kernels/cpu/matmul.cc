@@ -44,11 +44,15 @@
 //   prefill 576 -> 1536, 512-4096 tokens: 98-108 GFLOP/s per thread, 200-214 GFLOP/s on 2.
 //   scalar reference: 2.7 GFLOP/s per thread.
 //
-// Block-format weights (BlockMatrix, matmul.h) go through the same tiles: a thread dequantizes
-// the rows it is about to use into its scratch (prefill: its whole row block, once, into L2;
-// decode: 16 KiB of f32 rows at a time, into L1) and runs the f32 code on them. A dot therefore
-// sees the very floats it would see in the dequantized matrix, in the same order: bit-identical
-// results, with 6 or 9 bits per weight read from memory instead of 32.
+// Block-format weights (BlockMatrix, matmul.h) go through the same dots. Prefill: a thread
+// dequantizes its whole row block once into its scratch (L2) and runs the f32 tiles on it.
+// Decode: the streams read the codes and dequantize each vector in registers as the dots need
+// it (BlockRows, matmul_simd.h), since writing the rows out and reading them back cost more than
+// the dots themselves: 576 -> 1536 from L2, 2 threads, 1 token 42 -> 28 us, 4 tokens 62 -> 46 us
+// (AVX-512 on Zen 4; AVX2 1 token 34 -> 23 us, 4 tokens unchanged, its 16 accumulators fill the
+// register file). A dot therefore sees the very floats it would see in the dequantized matrix,
+// in the same order: bit-identical results, with 6 or 9 bits per weight read from memory instead
+// of 32.
 //
 // Alignment changes no bit (above) but does change speed: a 64-byte load that straddles two cache
 // lines costs two. On 2 cores of an Intel Xeon (family 6 model 167, AVX-512), with x and w 16
@@ -82,15 +86,17 @@ constexpr int64_t kTokenBlockBytes = 128 << 10;
 
 using DequantizeFn = void (*)(BlockFormat, const uint8_t*, const float*, int64_t, float*);
 
-// Rows [r0, r1) of w through `dequantize` (one ISA's block_dequant.h), into out[(r1 - r0) * k].
-void dequantize_range(const BlockMatrix& w, int64_t r0, int64_t r1, float* out, DequantizeFn dequantize) {
-  dequantize(w.format, w.codes + r0 * block_code_bytes(w.format, w.k), w.scales + r0 * block_scale_floats(w.format, w.k),
-             (r1 - r0) * (w.k / kWeightBlock), out);
+// Rows [r0, ...) of w, as a BlockMatrix of their own.
+BlockMatrix rows_from(const BlockMatrix& w, int64_t r0) {
+  return {w.format, w.codes + r0 * block_code_bytes(w.format, w.k), w.scales + r0 * block_scale_floats(w.format, w.k),
+          w.k};
 }
 
-// Rows of a BlockMatrix are dequantized this many bytes of f32 at a time when decoding (the
-// rows are then used once, so they need only stay in L1 while the tokens meet them).
-constexpr int64_t kDecodeChunkBytes = 16 << 10;
+// Rows [r0, r1) of w through `dequantize` (one ISA's block_dequant.h), into out[(r1 - r0) * k].
+void dequantize_range(const BlockMatrix& w, int64_t r0, int64_t r1, float* out, DequantizeFn dequantize) {
+  const BlockMatrix from = rows_from(w, r0);
+  dequantize(w.format, from.codes, from.scales, (r1 - r0) * (w.k / kWeightBlock), out);
+}
 
 // x: [n_tokens, k]   w: [n_out, k]   y: [n_tokens, n_out]
 struct Problem {
@@ -103,8 +109,9 @@ struct Problem {
   float* y;
 };
 
-// A thread's dequantized rows [first, first + count) of the product under way (count 0: none).
-// Kept between products so that a decode step allocates nothing; run() forgets the rows.
+// A thread's dequantized rows [first, first + count) of the product under way (count 0: none),
+// for the prefill tiles. Kept between products so that a step allocates nothing; run() forgets
+// the rows.
 struct Scratch {
   AlignedVector<float> rows;
   int64_t first = 0, count = 0;
@@ -124,6 +131,9 @@ Scratch& thread_scratch() {
 //       the same for j < T <= kTileTokens and r < n_rows, the rows read as 4 streams: stream s
 //       holds rows [s*len, (s+1)*len), len = n_rows / 4, step j computes row j of each; the
 //       last n_rows % 4 rows come one at a time.
+//   template <int T> stream_block_rows(x, w, y, n_out, n_rows)
+//       stream_rows with the rows of a BlockMatrix (row r of w, from its first row), dequantized
+//       in registers as the dots need them: the same bits as stream_rows on the f32 rows.
 //   dequantize(format, codes, scales, n_blocks, out)
 //       block_dequant.h for the ISA.
 
@@ -156,11 +166,20 @@ struct ScalarKernel {
       for (int64_t r = 0; r < n_rows; ++r) y[j * n_out + r] = dot_scalar(x + j * k, w + r * k, k);
     }
   }
+  template <int T>
+  static void stream_block_rows(const float* x, const BlockMatrix& w, float* y, int64_t n_out, int64_t n_rows) {
+    static thread_local std::vector<float> row;
+    row.resize(size_t(w.k));
+    for (int64_t r = 0; r < n_rows; ++r) {
+      dequantize_range(w, r, r + 1, row.data(), dequantize_blocks_scalar);
+      stream_rows<T>(x, row.data(), y + r, w.k, n_out, 1);
+    }
+  }
 };
 
 #ifdef KVLAB_X86
 // The SIMD ISAs: their register tiles (matmul_simd.h, compiled in isa_avx2.cc / isa_avx512.cc).
-template <class V, auto kTile, auto kStreamRows, auto kDequantize>
+template <class V, auto kTile, auto kStreamRows, auto kStreamBlockRows, auto kDequantize>
 struct SimdKernel {
   static constexpr int kTileRows = 4;
   static constexpr int kTileTokens = V::kMatmulTokens;
@@ -175,9 +194,15 @@ struct SimdKernel {
   static void stream_rows(const float* x, const float* w, float* y, int64_t k, int64_t n_out, int64_t n_rows) {
     kStreamRows(T, x, w, y, k, n_out, n_rows);
   }
+  template <int T>
+  static void stream_block_rows(const float* x, const BlockMatrix& w, float* y, int64_t n_out, int64_t n_rows) {
+    kStreamBlockRows(T, x, w, y, n_out, n_rows);
+  }
 };
-using Avx2Kernel = SimdKernel<Vec8, avx2::matmul_tile, avx2::matmul_stream_rows, avx2::dequantize_blocks>;
-using Avx512Kernel = SimdKernel<Vec16, avx512::matmul_tile, avx512::matmul_stream_rows, avx512::dequantize_blocks>;
+using Avx2Kernel = SimdKernel<Vec8, avx2::matmul_tile, avx2::matmul_stream_rows, avx2::matmul_stream_block_rows,
+                              avx2::dequantize_blocks>;
+using Avx512Kernel = SimdKernel<Vec16, avx512::matmul_tile, avx512::matmul_stream_rows,
+                                avx512::matmul_stream_block_rows, avx512::dequantize_blocks>;
 #endif  // KVLAB_X86
 
 // ---------------------------------------------------------------------------------------------
@@ -233,23 +258,16 @@ void run_block(const Problem& p, int64_t r0, int64_t r1, int64_t t0, int64_t t1,
   const int64_t n = t1 - t0;
   if (n <= T) {  // each row of w is used once: read the rows as streams
     const float* x = p.x + t0 * p.k;
-    // f32 rows stream from the matrix in one piece; block rows are dequantized a chunk at a time.
-    const int64_t chunk = p.blocks ? std::max<int64_t>(4, kDecodeChunkBytes / (p.k * 4) / 4 * 4) : r1 - r0;
-    for (int64_t c = r0; c < r1; c += chunk) {
-      const int64_t rows = std::min(chunk, r1 - c);
-      const float* w = weight_rows<K>(p, c, c + rows, s);
-      float* y = p.y + t0 * p.n_out + c;
-      if (n == 1) K::template stream_rows<1>(x, w, y, p.k, p.n_out, rows);
-      if constexpr (T > 1) {
-        if (n == 2) K::template stream_rows<2>(x, w, y, p.k, p.n_out, rows);
+    float* y = p.y + t0 * p.n_out + r0;
+    with_rows(int(n), [&]<int Tn>() {
+      if constexpr (Tn <= T) {
+        if (p.blocks) {
+          K::template stream_block_rows<Tn>(x, rows_from(*p.blocks, r0), y, p.n_out, r1 - r0);
+        } else {
+          K::template stream_rows<Tn>(x, p.w + r0 * p.k, y, p.k, p.n_out, r1 - r0);
+        }
       }
-      if constexpr (T > 2) {
-        if (n == 3) K::template stream_rows<3>(x, w, y, p.k, p.n_out, rows);
-      }
-      if constexpr (T > 3) {
-        if (n == 4) K::template stream_rows<4>(x, w, y, p.k, p.n_out, rows);
-      }
-    }
+    });
     return;
   }
   const float* w = weight_rows<K>(p, r0, r1, s);

@@ -40,9 +40,9 @@ void matmul_isa(Isa isa, const float* x, int64_t n_tokens, int64_t k, const floa
 // d and m are the file's f16 values widened, so d * q is exact in f32 (11 + 4 or 11 + 8
 // significant bits) and w is, bit for bit, the float ggml's dequantizer gives (model/ggml_types.h)
 // whether or not a compiler fuses the multiply and the add. The product below dequantizes rows
-// into per-thread scratch as it goes and runs the f32 tiles on them: y is bit-identical to
-// matmul() on the dequantized matrix (same ISA), while each step reads 6 (Q4_1) or 9 (Q8_0) bits
-// per weight instead of 32.
+// as it goes (decode: in registers; prefill: into per-thread scratch) and runs the f32 dots on
+// them: y is bit-identical to matmul() on the dequantized matrix (same ISA), while each step
+// reads 6 (Q4_1) or 9 (Q8_0) bits per weight instead of 32.
 enum class BlockFormat : uint8_t { kQ4_1, kQ8_0 };
 inline constexpr int64_t kWeightBlock = 32;  // elements per block
 struct BlockMatrix {

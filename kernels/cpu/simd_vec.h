@@ -136,6 +136,12 @@ struct Vec8 {
   KVLAB_TARGET_AVX2 static F load_i8(const int8_t* p) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
   }
+  // kLanes 4-bit codes as floats: the low (Shift 0) or high (Shift 4) nibbles of the kLanes bytes at p.
+  template <int Shift>
+  KVLAB_TARGET_AVX2 static F load_u4(const uint8_t* p) {
+    const __m128i b = _mm_srli_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)), Shift);
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_and_si128(b, _mm_set1_epi8(0x0f))));
+  }
   KVLAB_TARGET_AVX2 static F load(const float* p) { return _mm256_loadu_ps(p); }
   KVLAB_TARGET_AVX2 static F load(const float* p, Lanes m) { return _mm256_maskload_ps(p, m.mask); }
   KVLAB_TARGET_AVX2 static F load(const float* p, Tail t) {
@@ -318,6 +324,11 @@ struct Vec16 {
   }
   KVLAB_TARGET_AVX512 static F load_i8(const int8_t* p) {
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  }
+  template <int Shift>
+  KVLAB_TARGET_AVX512 static F load_u4(const uint8_t* p) {  // as Vec8::load_u4
+    const __m128i b = _mm_srli_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)), Shift);
+    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(b, _mm_set1_epi8(0x0f))));
   }
   KVLAB_TARGET_AVX512 static F load(const float* p) { return _mm512_loadu_ps(p); }
   KVLAB_TARGET_AVX512 static F load(const float* p, Tail t) { return _mm512_maskz_loadu_ps(t.m, p); }
