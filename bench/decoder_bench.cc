@@ -9,9 +9,9 @@
 //
 // Decode is memory-bound: every step reads all weights (as the model holds them: model.h) and the
 // cache once. Each decode case reports bytes_per_step (weights + cache bytes held), the achieved
-// GB/s and bw_fraction = achieved / STREAM read bandwidth measured in this binary (stream_GBps). A prefill reads the same weights
-// once for many tokens and is compute-bound; its bw_fraction is reported for completeness, with
-// GFLOP/s (2 * parameters * tokens, attention excluded) beside it.
+// GB/s and bw_fraction = achieved / STREAM read bandwidth measured in this binary (stream_GBps).
+// A prefill reads the same weights once for many tokens and is compute-bound; its bw_fraction is
+// reported for completeness, with GFLOP/s (2 * parameters * tokens, attention excluded) beside it.
 //
 //   build/bin/decoder_bench [--benchmark_format=json]
 #include <benchmark/benchmark.h>

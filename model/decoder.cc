@@ -123,7 +123,7 @@ Model::Matrix stacked(Weights& weights, int64_t cols,
   } else {
     std::vector<std::vector<float>*> f32;
     for (const auto& [values, name] : parts) {
-      *values = weights.dense(*values, name);
+      if (values->empty()) *values = weights.dense(*values, name);  // a packed part among f32 ones
       f32.push_back(values);
     }
     m.f32 = aligned_rows(f32);
