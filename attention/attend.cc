@@ -133,11 +133,23 @@ void run_item(const AttentionShape& shape, const SeqAttention& sa, const Item& i
                      st.l.data() + r0, st.acc.data() + size_t(r0) * d);
   };
 
-  // History blocks, each block's kv heads one after the other: a block page front to back (the
-  // kernels read ahead what follows each block; kernels/cpu/kv_attention.h).
+  // History blocks, each block's kv heads one after the other: a block page front to back. Each
+  // kernel is told the block read after its own (KvBlock::next: a head's values after its keys,
+  // the next head's keys after them, across block pages too), whose lines it asks for while it
+  // works (kernels/cpu/kv_kernels_internal.h).
   const int n_hist = sa.history ? sa.history->n_blocks() : 0;
-  for (int u = it.u0; u < std::min(it.u1, n_hist); ++u) {
-    for (int g = it.g0; g < it.g1; ++g) fold(sa.history->block(u, g), g, nullptr);
+  const int heads = it.g1 - it.g0, n_pairs = std::max(0, std::min(it.u1, n_hist) - it.u0) * heads;
+  const bool ahead = sa.history && sa.history->blocks_outlive_next_call();
+  auto pair_block = [&](int i) { return sa.history->block(it.u0 + i / heads, it.g0 + i % heads); };
+  HistoryBlock cur, after;
+  if (n_pairs > 0) cur = pair_block(0);
+  for (int i = 0; i < n_pairs; ++i) {
+    const bool more = i + 1 < n_pairs;
+    if (more && ahead) after = pair_block(i + 1);
+    cur.k.next = &cur.v;
+    cur.v.next = more && ahead ? &after.k : nullptr;
+    fold(cur, it.g0 + i % heads, nullptr);
+    if (more) cur = ahead ? after : pair_block(i + 1);
   }
   for (int u = std::max(it.u0, n_hist); u < it.u1; ++u) {
     const int j0 = (u - n_hist) * kNewKeyTile;

@@ -49,6 +49,11 @@ class KvHistory {
   virtual ~KvHistory() = default;
   virtual int n_blocks() const = 0;
   virtual HistoryBlock block(int b, int kv_head) const = 0;
+  // Whether a block's arrays stay valid while the engine asks for the next one (views into the
+  // store). A history that builds each block in scratch reused at its next call says false; the
+  // engine then asks for a block only once the previous one is folded, and gives the kernels no
+  // read-ahead hint (KvBlock::next) across blocks.
+  virtual bool blocks_outlive_next_call() const { return true; }
 };
 
 struct SeqAttention {

@@ -95,13 +95,16 @@ float max_abs(const float* x, int64_t count) {
   return V::hmax(m);
 }
 
-// Scores of `rows` rows against n token-major rows at data (stride bytes apart). The block after
-// it is read ahead once, with the first chunk of rows.
+// Scores of `rows` rows against the n token-major rows of k. The block after it is read ahead
+// once, with the first chunk of rows.
 template <class V, KvFormat Fmt>
-void dense_scores(const uint8_t* data, int64_t stride, const uint16_t* scale, int n, int d, const float* q,
-                  int rows, float* s) {
-  const ReadAhead ah = read_ahead(data, int64_t(n) * stride);
-  if (Fmt == KvFormat::kFp8) read_ahead_meta(scale, nullptr, 2 * int64_t(n));
+void dense_scores(const KvBlock& k, const float* q, int rows, float* s) {
+  const uint8_t* data = k.data;
+  const int64_t stride = k.stride;
+  const uint16_t* scale = k.scale;
+  const int n = k.n, d = k.d;
+  const ReadAhead ah = read_ahead(k);
+  if (Fmt == KvFormat::kFp8) read_ahead_meta(k);
   const bool raw = Fmt == KvFormat::kFp8 && !V::any_e4m3_nan(data, stride, n, d);
   alignas(64) float q_raw[Fmt == KvFormat::kFp8 ? 4 * kMaxSimdD : 1];  // a chunk's rows times 2^120
   for (int r0 = 0; r0 < rows; r0 += 4) {
@@ -199,7 +202,7 @@ constexpr int kFp8Span = 256;
 
 template <class V, KvFormat Fmt>
 void dense_acc(const KvBlock& v, const float* p, int rows, float* acc) {
-  const ReadAhead ah = read_ahead(v.data, int64_t(v.n) * v.stride);
+  const ReadAhead ah = read_ahead(v);
   if constexpr (Fmt != KvFormat::kFp8) {
     for (int r0 = 0; r0 < rows; r0 += 4) {
       const uint8_t* ahead = r0 == 0 ? ah.p : nullptr;
@@ -208,7 +211,7 @@ void dense_acc(const KvBlock& v, const float* p, int rows, float* acc) {
       });
     }
   } else {
-    read_ahead_meta(v.scale, nullptr, 2 * int64_t(v.n));
+    read_ahead_meta(v);
     const bool raw = !V::any_e4m3_nan(v.data, v.stride, v.n, v.d);
     const float max_sc = raw ? max_scale<V>(v.scale, v.n) : 0.0f;
     alignas(64) float pw[4 * kFp8Span];

@@ -51,6 +51,10 @@ struct KvBlock {
   int64_t stride = 0;               // bytes between tokens (token-major) or channels (kIntChannel)
   const uint16_t* scale = nullptr;  // f16; kFp8, kIntToken, kIntChannel
   const uint16_t* zero = nullptr;   // f16; kIntToken, kIntChannel
+  // The block the caller reads after this one (its codes and f16 scales / zeros), which the CPU
+  // kernels read ahead while they work on this one (kv_kernels_internal.h); null: the bytes that
+  // follow this block's own arrays. Only a hint: results never depend on it.
+  const KvBlock* next = nullptr;
 };
 
 // Bytes of one packed bit stream of `count` codes.
@@ -93,12 +97,39 @@ KVLAB_HD KvBlock channel_sub_block(const KvBlock& b, int t) {
   s.data = b.data + packed_bytes(int64_t(t) * g, b.bits);  // t * g * bits is a multiple of 8
   s.scale = b.scale + int64_t(t) * b.d;
   s.zero = b.zero + int64_t(t) * b.d;
+  s.next = t + 1 == channel_groups(b) ? b.next : nullptr;  // before the last group: the one after
   return s;
 }
 
 // Bytes of one element of the token-major dense formats.
 KVLAB_HD constexpr int64_t element_bytes(KvFormat f) {
   return f == KvFormat::kF32 ? 4 : (f == KvFormat::kFp8 ? 1 : 2);
+}
+
+// Rows of a block's data (channels for kIntChannel, tokens otherwise), the bytes of one row (a
+// token's elements or codes, or a channel's codes), and the bytes from its first row's start to
+// its last row's end.
+KVLAB_HD int block_rows(const KvBlock& b) { return b.format == KvFormat::kIntChannel ? b.d : b.n; }
+KVLAB_HD int64_t block_row_bytes(const KvBlock& b) {
+  switch (b.format) {
+    case KvFormat::kIntToken: return packed_bytes(b.d, b.bits);
+    case KvFormat::kIntChannel: return packed_bytes(b.n, b.bits);
+    default: return element_bytes(b.format) * b.d;
+  }
+}
+KVLAB_HD int64_t block_data_bytes(const KvBlock& b) {
+  return block_rows(b) > 0 ? (block_rows(b) - 1) * b.stride + block_row_bytes(b) : 0;
+}
+
+// The f16 scales of a block (and as many zeros, for the integer formats): kFp8 one per token,
+// kIntToken d / group per token, kIntChannel d per token group; 0 for the others.
+KVLAB_HD int64_t block_scales(const KvBlock& b) {
+  switch (b.format) {
+    case KvFormat::kFp8: return b.n;
+    case KvFormat::kIntToken: return b.group > 0 ? int64_t(b.n) * (b.d / b.group) : 0;
+    case KvFormat::kIntChannel: return int64_t(channel_groups(b)) * b.d;
+    default: return 0;
+  }
 }
 
 static_assert(packed_bytes(64, 3) == 24, "3-bit stream of a 64-wide head is 24 bytes");

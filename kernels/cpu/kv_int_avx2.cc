@@ -375,8 +375,8 @@ KVLAB_TARGET_AVX2 void channel_scores_rows(const KvBlock& k, const float* q, flo
   constexpr int kOutVectors = tile_codes(BITS) / 8;
   const int n = k.n, d = k.d, pairs = (d + 1) / 2, group = channel_group_tokens(k);
   const int tiles = (n + tile_codes(BITS) - 1) / tile_codes(BITS);
-  const ReadAheadPace ah(read_ahead(k.data, int64_t(d) * k.stride), int64_t(tiles) * pairs);
-  read_ahead_meta(k.scale, k.zero, 2 * int64_t(d) * channel_groups(k));
+  const ReadAheadPace ah(read_ahead(k), int64_t(tiles) * pairs);
+  read_ahead_meta(k);
   QuantOperand qq[R];
   const uint32_t* qd[R];
   KVLAB_UNROLL
@@ -446,13 +446,13 @@ KVLAB_TARGET_AVX2 void token_acc_rows(const KvBlock& v, const float* p, float* a
   constexpr int kSteps = steps_in_sums(BITS, false);
   constexpr int kOutVectors = tile_codes(BITS) / 8;
   const int n = v.n, d = v.d, G = groups_of(v);
-  read_ahead_meta(v.scale, v.zero, 2 * int64_t(n) * G);
+  read_ahead_meta(v);
   QuantOperand qp[R];
   // The next block's lines in step with the work (units: channel tiles x token pairs; as for the
   // scores). Chunks before the last are whole pairs (kChunk is even): chunk j0 starts after
   // tiles * j0 / 2 units, and the block holds tiles * ceil(n / 2).
   const int tiles = d / tile_codes(BITS);
-  const ReadAheadPace ah(read_ahead(v.data, int64_t(n) * v.stride), int64_t(tiles) * ((n + 1) / 2));
+  const ReadAheadPace ah(read_ahead(v), int64_t(tiles) * ((n + 1) / 2));
   for (int j0 = 0; j0 < n; j0 += kChunk) {
     const int nc = std::min(kChunk, n - j0), npairs = (nc + 1) / 2;
     quantize_operand<R, BITS, false>(p + j0, n, v.scale + int64_t(j0) * G, v.zero + int64_t(j0) * G, nc * G,

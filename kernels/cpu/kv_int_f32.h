@@ -259,11 +259,11 @@ template <class V>
 void scores_simd(const KvBlock& k, const float* q, int rows, float* s, bool (*int_take)(const KvBlock&),
                  void (*int_scores)(const KvBlock&, const float*, int, float*)) {
   switch (k.format) {
-    case KvFormat::kF32: return dense_scores<V, KvFormat::kF32>(k.data, k.stride, k.scale, k.n, k.d, q, rows, s);
-    case KvFormat::kF16: return dense_scores<V, KvFormat::kF16>(k.data, k.stride, k.scale, k.n, k.d, q, rows, s);
+    case KvFormat::kF32: return dense_scores<V, KvFormat::kF32>(k, q, rows, s);
+    case KvFormat::kF16: return dense_scores<V, KvFormat::kF16>(k, q, rows, s);
     case KvFormat::kBF16:
-      return dense_scores<V, KvFormat::kBF16>(k.data, k.stride, k.scale, k.n, k.d, q, rows, s);
-    case KvFormat::kFp8: return dense_scores<V, KvFormat::kFp8>(k.data, k.stride, k.scale, k.n, k.d, q, rows, s);
+      return dense_scores<V, KvFormat::kBF16>(k, q, rows, s);
+    case KvFormat::kFp8: return dense_scores<V, KvFormat::kFp8>(k, q, rows, s);
     default: break;
   }
   if (int_take(k)) return int_scores(k, q, rows, s);

@@ -192,8 +192,8 @@ template <int R>
 KVLAB_TARGET_AVX512_VNNI void int_channel_scores_vnni_rows(const KvBlock& k, const float* q, float* s) {
   const int n = k.n, d = k.d, bits = k.bits;
   QuantQuery qq[R];
-  const ReadAhead ah = read_ahead(k.data, int64_t(d) * k.stride);
-  read_ahead_meta(k.scale, k.zero, 2 * int64_t(d));
+  const ReadAhead ah = read_ahead(k);
+  read_ahead_meta(k);
   quantize_query_rows<R>(k, q, qq);
   const VnniTables& tb = vnni_tables(bits);
   const int64_t sb = packed_bytes(n, bits);
@@ -585,8 +585,8 @@ KVLAB_TARGET_AVX512_VNNI inline void channel24_group_pass(const KvBlock& k, cons
 template <int R>
 KVLAB_TARGET_AVX512_VNNI void int_channel_scores_vnni24_rows(const KvBlock& k, const float* q, float* s) {
   const int groups = channel_groups(k);
-  const ReadAhead ah = read_ahead(k.data, int64_t(k.d) * k.stride);
-  read_ahead_meta(k.scale, k.zero, 2 * int64_t(k.d) * groups);
+  const ReadAhead ah = read_ahead(k);
+  read_ahead_meta(k);
   const int second = k.bits == 4 ? 16 : 64;  // pass 1's first token in a tile
   // One group (every block but a KIVI page): its query once, no per-tile group lookup. Taking it
   // through TileGroups / pass_query too costs 2-9% per block hot in L1 (d 64 and 128, 2 and 4 bits).
@@ -726,8 +726,8 @@ KVLAB_TARGET_AVX512_VNNI void int_token_acc_vnni_rows(const KvBlock& v, const fl
   const VnniTables& tb = vnni_tables(bits);
   const int64_t rb = packed_bytes(d, bits);
   QuantProbs qp[R];
-  const ReadAhead ah = read_ahead(v.data, int64_t(n) * v.stride);
-  read_ahead_meta(v.scale, v.zero, 2 * int64_t(n) * G);
+  const ReadAhead ah = read_ahead(v);
+  read_ahead_meta(v);
   for (int j0 = 0; j0 < n; j0 += kVnniMaxTokens) {
     const int nc = std::min(kVnniMaxTokens, n - j0);
     if (G == 1) {
@@ -922,8 +922,8 @@ template <int R>
 KVLAB_TARGET_AVX512_VNNI void int_token_acc_vnni24_rows(const KvBlock& v, const float* p, float* acc) {
   const int n = v.n;
   QuantProbs qp[R];
-  const ReadAhead ah = read_ahead(v.data, int64_t(n) * v.stride);
-  read_ahead_meta(v.scale, v.zero, 2 * int64_t(n) * groups_of(v));
+  const ReadAhead ah = read_ahead(v);
+  read_ahead_meta(v);
   for (int j0 = 0; j0 < n; j0 += kVnniMaxTokens) {
     const int nc = std::min(kVnniMaxTokens, n - j0);
     if (groups_of(v) == 1) {
@@ -1021,8 +1021,8 @@ KVLAB_TARGET_AVX512_VNNI void int_token_scores_vnni_rows(const KvBlock& k, const
     md[r] = _mm512_load_ps(a);
     qz[r] = _mm512_load_ps(b2);
   }
-  const ReadAhead ah = read_ahead(k.data, int64_t(n) * k.stride);
-  read_ahead_meta(k.scale, k.zero, 2 * int64_t(n) * G);
+  const ReadAhead ah = read_ahead(k);
+  read_ahead_meta(k);
   for (int j = 0; j < n; j += 4) {
     read_ahead_lines(ah, int64_t(j) * k.stride, 4 * k.stride);
     const int T = std::min(4, n - j);

@@ -76,17 +76,25 @@ inline void read_line(const void* p) {
 #endif
 }
 
-// Read-ahead. A kv head's blocks and the next kv head's lie one after the other in memory
-// (kvcache/token_ring.h, block_store.h), and the engine reads them in that order; a kernel asks
-// for the `span` bytes that follow its block a few cache lines at a time, in lockstep with its own
-// reads, so the next block's first lines are on their way before it starts (the hardware
-// prefetchers alone start every block cold: measured 1.5x on f16 and int4 decode at 32K).
+// Read-ahead. A decode step reads a sequence's blocks one after the other, and each kernel asks
+// for the lines of the block read after its own a few at a time, in lockstep with its own reads,
+// so that block's first lines are on their way before it starts (the hardware prefetchers alone
+// start every block cold: measured 1.5x on f16 and int4 decode at 32K). The caller names that
+// block (KvBlock::next: the attention engine gives a head's values after its keys, and the next
+// kv head's or the next block page's keys after them); without it the kernels take the bytes
+// that follow their block, where the block stores put the next kv head (kvcache/block_store.h).
 struct ReadAhead {
   const uint8_t* p = nullptr;  // null: none
   int64_t bytes = 0;
 };
 
-inline ReadAhead read_ahead(const uint8_t* data, int64_t span) { return {data + span, span}; }
+// The read-ahead region of block b: b.next's codes, else as many bytes as b's rows span, after
+// them.
+inline ReadAhead read_ahead(const KvBlock& b) {
+  if (b.next) return {b.next->data, block_data_bytes(*b.next)};
+  const int64_t span = block_rows(b) * b.stride;
+  return {b.data + span, span};
+}
 
 // The lines of [off, off + bytes) of the read-ahead region (clipped to it).
 inline void read_ahead_lines(const ReadAhead& a, int64_t off, int64_t bytes) {
@@ -116,11 +124,14 @@ struct ReadAheadPace {
   int64_t line_at(int64_t unit) const { return std::min<int64_t>(lines, int64_t((uint64_t(unit) * per_unit) >> 32)); }
 };
 
-// The `bytes` bytes that follow each of the arrays at a and b (scales and zeros), at once.
-inline void read_ahead_meta(const void* a, const void* b, int64_t bytes) {
-  for (int64_t o = 0; o < bytes; o += 64) {
-    if (a) read_line(static_cast<const uint8_t*>(a) + bytes + o);
-    if (b) read_line(static_cast<const uint8_t*>(b) + bytes + o);
+// The f16 scales and zeros of the block read after b (b.next's, else as many as b's that follow
+// each of b's arrays), at once: a few lines.
+inline void read_ahead_meta(const KvBlock& b) {
+  const int64_t entries = block_scales(b.next ? *b.next : b), bytes = 2 * entries;
+  const void* arrays[2] = {b.scale ? b.scale + entries : nullptr, b.zero ? b.zero + entries : nullptr};
+  if (b.next) arrays[0] = b.next->scale, arrays[1] = b.next->zero;
+  for (const void* a : arrays) {
+    for (int64_t o = 0; a && o < bytes; o += 64) read_line(static_cast<const uint8_t*>(a) + o);
   }
 }
 

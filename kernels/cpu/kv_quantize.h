@@ -60,17 +60,6 @@ void quantize_token(KvFormat format, int bits, int group, const float* x, int d,
 void quantize_channels(int bits, const float* x, int n, int64_t ldx, int d, uint8_t* data, int64_t stride,
                        uint16_t* scale, uint16_t* zero);
 
-// The f16 scales of a block (and as many zeros, for the integer formats): kFp8 one per token,
-// kIntToken d / group per token, kIntChannel d per token group; 0 for the others.
-inline int64_t block_scales(const KvBlock& b) {
-  switch (b.format) {
-    case KvFormat::kFp8: return b.n;
-    case KvFormat::kIntToken: return b.group > 0 ? int64_t(b.n) * (b.d / b.group) : 0;
-    case KvFormat::kIntChannel: return int64_t(channel_groups(b)) * b.d;
-    default: return 0;
-  }
-}
-
 // Writes a whole block of the layout `b` describes (format, n, d, bits, group, stride; its
 // pointers are ignored): x [n, d] with rows ldx floats apart, into data (token j at
 // data + j * stride, or channel c at data + c * stride with each token group's codes from its

@@ -14,23 +14,11 @@ constexpr int64_t kAlign = 16;  // every array in the arena starts on 16 bytes
 
 int64_t aligned(int64_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
 
-// Bytes of one row of a block's data: a token's elements or codes, or a channel's codes.
-int64_t row_bytes(const KvBlock& b) {
-  switch (b.format) {
-    case KvFormat::kIntToken: return packed_bytes(b.d, b.bits);
-    case KvFormat::kIntChannel: return packed_bytes(b.n, b.bits);
-    default: return element_bytes(b.format) * b.d;
-  }
-}
-
-// Rows of a block's data: channels for kIntChannel, tokens otherwise.
-int rows_of(const KvBlock& b) { return b.format == KvFormat::kIntChannel ? b.d : b.n; }
-
 }  // namespace
 
 BlockExtent block_extent(const KvBlock& b) {
   BlockExtent e;
-  e.data_bytes = (rows_of(b) - 1) * b.stride + row_bytes(b);
+  e.data_bytes = block_data_bytes(b);
   e.scales = block_scales(b);  // kIntToken with group 0: none (check_block refuses it)
   e.zeros = b.format == KvFormat::kIntToken || b.format == KvFormat::kIntChannel;
   return e;
@@ -52,8 +40,8 @@ Status check_block(const KvBlock& b) {
                             "-bit codes do not start on a byte");
   }
   const BlockExtent e = block_extent(b);
-  const int64_t row = row_bytes(b);
-  if (rows_of(b) > 1 && b.stride < row) {
+  const int64_t row = block_row_bytes(b);
+  if (block_rows(b) > 1 && b.stride < row) {
     return invalid_argument("packed block: stride " + std::to_string(b.stride) + " shorter than a row of " + std::to_string(row) + " bytes");
   }
   if (e.scales > 0 && (!b.scale || (e.zeros && !b.zero))) return invalid_argument("packed block: missing scales or zeros");
@@ -83,7 +71,7 @@ StatusOr<DeviceBlocks> upload_blocks(std::span<const KvBlock> blocks) {
     int64_t at = offset[i];
     std::memcpy(host.data() + at, b.data, size_t(e.data_bytes));
     desc[i].data = base + at;
-    desc[i].scale = nullptr, desc[i].zero = nullptr;  // no host pointer reaches the device
+    desc[i].scale = nullptr, desc[i].zero = nullptr, desc[i].next = nullptr;  // no host pointer reaches the device
     at += aligned(e.data_bytes);
     if (e.scales > 0) {
       std::memcpy(host.data() + at, b.scale, size_t(2 * e.scales));

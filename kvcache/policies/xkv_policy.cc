@@ -332,8 +332,8 @@ class XkvPolicy final : public Policy {
         : p_(p), layer_(layer), seq_(seq), n_(p->group(p->group_of(layer), seq).n),
           n_tiles_((n_ + kTile - 1) / kTile), dense_(&p->slot(layer, seq).dense) {}
     int n_blocks() const override { return n_tiles_ + dense_->n_runs(); }
-    // A tile's block lives in the calling thread's scratch until its next call (the engine folds
-    // each block before asking for the next).
+    // A tile's block lives in the calling thread's scratch until its next call.
+    bool blocks_outlive_next_call() const override { return false; }
     HistoryBlock block(int b, int kv_head) const override {
       HistoryBlock hb;
       if (b >= n_tiles_) {
