@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "base/check.h"
+#include "kernels/cpu/kv_codec.h"
 #include "kernels/cpu/kv_quantize.h"
 
 namespace kvlab {
@@ -20,7 +21,8 @@ TokenRing::TokenRing(MemoryLedger* ledger, MemoryKind kind, KvFormat format, int
       page_bytes_(2 * int64_t(n_kv_heads) * page_tokens_ * head_dim * element_bytes(format)),
       meta_bytes_(format == KvFormat::kFp8 ? 2 * int64_t(n_kv_heads) * page_tokens_ * 2 : 0),
       pages_(TrackedAllocator<uint8_t*>(ledger, MemoryKind::kIndex)),
-      metas_(TrackedAllocator<uint8_t*>(ledger, MemoryKind::kIndex)) {
+      metas_(TrackedAllocator<uint8_t*>(ledger, MemoryKind::kIndex)),
+      nan_codes_(TrackedAllocator<uint8_t>(ledger, MemoryKind::kIndex)) {
   KVLAB_CHECK(capacity > 0);
   KVLAB_CHECK(format == KvFormat::kF32 || format == KvFormat::kF16 || format == KvFormat::kBF16 ||
               format == KvFormat::kFp8);
@@ -38,11 +40,13 @@ TokenRing::TokenRing(TokenRing&& o) noexcept
       meta_bytes_(o.meta_bytes_),
       pages_(std::move(o.pages_)),
       metas_(std::move(o.metas_)),
+      nan_codes_(std::move(o.nan_codes_)),
       start_(o.start_),
       size_(o.size_),
       wrapped_(o.wrapped_) {
   o.pages_.clear();
   o.metas_.clear();
+  o.nan_codes_.clear();
   o.size_ = 0;
 }
 
@@ -66,6 +70,7 @@ uint8_t* TokenRing::ensure_page(int page) {
   if (int(pages_.size()) <= page) {
     pages_.resize(size_t(page) + 1, nullptr);
     metas_.resize(size_t(page) + 1, nullptr);
+    nan_codes_.resize(size_t(page) + 1, 0);
   }
   if (!pages_[page]) {
     pages_[page] = page_alloc_.allocate(size_t(page_bytes_));
@@ -74,9 +79,13 @@ uint8_t* TokenRing::ensure_page(int page) {
       metas_[page] = meta_alloc_.allocate(size_t(meta_bytes_));
       std::memset(metas_[page], 0, size_t(meta_bytes_));
     }
+    nan_codes_[page] = 0;
   }
   return pages_[page];
 }
+
+// Whether any of the n bytes at p is an e4m3 NaN code.
+static bool has_e4m3_nan(const uint8_t* p, int64_t n) { return std::any_of(p, p + n, [](uint8_t b) { return e4m3_is_nan(b); }); }
 
 void TokenRing::push(const float* k, const float* v) {
   KVLAB_CHECK(size_ < capacity_);
@@ -91,7 +100,18 @@ void TokenRing::push(const float* k, const float* v) {
     quantize_token(format_, 0, 0, v + int64_t(h) * head_dim_, head_dim_, page + value_offset(in, h),
                    scales ? scales + value_scale(in, h) : nullptr, nullptr);
   }
+  if (format_ == KvFormat::kFp8) note_nan_codes(s);
   ++size_;
+}
+
+void TokenRing::note_nan_codes(int s) {
+  const uint8_t* page = pages_[s / page_tokens_];
+  const int in = s % page_tokens_;
+  for (int h = 0; h < n_kv_heads_; ++h) {
+    if (has_e4m3_nan(page + key_offset(in, h), head_dim_) || has_e4m3_nan(page + value_offset(in, h), head_dim_)) {
+      nan_codes_[s / page_tokens_] = 1;
+    }
+  }
 }
 
 void TokenRing::pop_front(int n) {
@@ -116,6 +136,7 @@ void TokenRing::truncate(int n) {
   if (pages_.size() > keep) {
     pages_.resize(keep);
     metas_.resize(keep);
+    nan_codes_.resize(keep);
   }
 }
 
@@ -128,6 +149,7 @@ void TokenRing::clear(int dropped) {
   start_ = dropped % capacity_;
   pages_.shrink_to_fit();
   metas_.shrink_to_fit();
+  nan_codes_.shrink_to_fit();
 }
 
 void TokenRing::read(int first, int n, float* k, float* v) const {
@@ -187,6 +209,7 @@ void TokenRing::view(int i, int n, int kv_head, KvBlock* k, KvBlock* v) const {
     const auto* scales = reinterpret_cast<const uint16_t*>(metas_[s / page_tokens_]);
     k->scale = scales + key_scale(in, kv_head);
     v->scale = scales + value_scale(in, kv_head);
+    k->fp8_nan_free = v->fp8_nan_free = nan_codes_[s / page_tokens_] == 0;
   }
 }
 
@@ -237,6 +260,7 @@ Status TokenRing::load(BinaryReader& in) {
         KVLAB_RETURN_IF_ERROR(in.get(&scales[value_scale(p, h)]));
       }
     }
+    if (format_ == KvFormat::kFp8) note_nan_codes(s);
     ++size_;
   }
   return Status::Ok();

@@ -73,6 +73,8 @@ class TokenRing {
  private:
   int slot(int i) const { return (start_ + i) % capacity_; }
   uint8_t* ensure_page(int page);
+  // fp8: marks slot s's page if the token just written there holds a NaN code.
+  void note_nan_codes(int s);
   // Tokens [i, i + n) of kv head h as packed blocks. REQUIRES: they lie in one page.
   void view(int i, int n, int kv_head, KvBlock* k, KvBlock* v) const;
   // Byte offsets inside a page of token slot s (within page), head h; indices of its fp8 scales
@@ -88,6 +90,9 @@ class TokenRing {
   int64_t page_bytes_, meta_bytes_;
   TrackedVector<uint8_t*> pages_;  // [capacity / page_tokens] grown on demand
   TrackedVector<uint8_t*> metas_;  // fp8 scale pages, parallel to pages_
+  // fp8: per page, 1 once a NaN code (a NaN element) has been written to it, until the page is
+  // freed; pages without one tell the kernels to skip their NaN scan (KvBlock::fp8_nan_free).
+  TrackedVector<uint8_t> nan_codes_;
   int start_ = 0;   // slot of the oldest token
   int size_ = 0;
   bool wrapped_ = false;  // some token has lived in a slot before start_

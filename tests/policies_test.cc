@@ -7,9 +7,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <limits>
 #include <random>
 
 #include "base/serialize.h"
+#include "kernels/cpu/kv_attention.h"
 #include "kvcache/block_store.h"
 #include "kvcache/kv_cache.h"
 #include "kvcache/token_ring.h"
@@ -344,6 +346,63 @@ TEST(TokenRingTest, RangeReadsAcrossPagesAndTheWrap) {
       ASSERT_TRUE(std::equal(k1.begin(), k1.end(), &pushed_k[at])) << first + i;
     }
   }
+}
+
+// An fp8 ring tells the kernels which pages hold no NaN code (KvBlock::fp8_nan_free), so that they
+// skip their scan there: a page that got a NaN element, or loaded one, keeps it NaN in the fused
+// scores and values; the other pages give the bits of the scanning path.
+TEST(TokenRingTest, Fp8PagesWithoutNanSkipTheScanAndNanStillReadsAsNan) {
+  const int heads = 2, d = 16, kv_dim = heads * d;
+  MemoryLedger ledger;
+  TokenRing ring(&ledger, MemoryKind::kExact, KvFormat::kFp8, heads, d, 64);
+  ASSERT_EQ(ring.page_tokens(), 32);
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (int t = 0; t < 40; ++t) {  // pages 0 (tokens 0..31) and 1 (32..39)
+    std::vector<float> k(kv_dim), v(kv_dim);
+    for (float& x : k) x = nd(rng);
+    for (float& x : v) x = nd(rng);
+    if (t == 35) k[d + 3] = std::numeric_limits<float>::quiet_NaN();  // head 1, channel 3
+    ring.push(k.data(), v.data());
+  }
+  std::vector<float> q(d);
+  for (float& x : q) x = nd(rng);
+  auto check = [&](const TokenRing& r) {
+    ASSERT_EQ(r.n_runs(), 2);
+    for (int run = 0; run < 2; ++run) {
+      for (int h = 0; h < heads; ++h) {
+        KvBlock kb, vb;
+        int first = 0;
+        r.run(run, h, &kb, &vb, &first);
+        EXPECT_EQ(kb.fp8_nan_free, run == 0);
+        EXPECT_EQ(vb.fp8_nan_free, run == 0);
+        std::vector<float> s(size_t(kb.n)), s_scan(s.size());
+        kv_scores(kb, q.data(), 1, s.data());
+        KvBlock scanned = kb;
+        scanned.fp8_nan_free = false;
+        kv_scores(scanned, q.data(), 1, s_scan.data());
+        for (int j = 0; j < kb.n; ++j) {
+          EXPECT_EQ(std::isnan(s[size_t(j)]), run == 1 && h == 1 && first + j == 35) << run << " " << h << " " << j;
+          if (!std::isnan(s[size_t(j)])) EXPECT_EQ(s[size_t(j)], s_scan[size_t(j)]) << run << " " << h << " " << j;
+        }
+      }
+    }
+  };
+  check(ring);
+  BinaryWriter w;
+  ring.save(w);
+  TokenRing back(&ledger, MemoryKind::kExact, KvFormat::kFp8, heads, d, 64);
+  BinaryReader r(w.bytes().data(), w.bytes().size(), "ring");
+  ASSERT_TRUE(back.load(r).ok());
+  check(back);
+  // Cleared, the pages start without NaN again.
+  ring.clear();
+  std::vector<float> k(kv_dim, 0.5f), v(kv_dim, -0.5f);
+  for (int t = 0; t < 40; ++t) ring.push(k.data(), v.data());
+  KvBlock kb, vb;
+  int first = 0;
+  ring.run(1, 1, &kb, &vb, &first);
+  EXPECT_TRUE(kb.fp8_nan_free);
 }
 
 TEST(PolicyParamsTest, ImpossibleGroupsAreClearErrors) {

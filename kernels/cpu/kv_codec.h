@@ -29,9 +29,10 @@ KVLAB_HD bool is_finite(float x) { return (f32_bits(x) & 0x7f800000u) != 0x7f800
 
 // e4m3 -> f32, exact: 1 sign, 4 exponent bits (bias 7), 3 mantissa bits, no infinities,
 // 0x7f / 0xff NaN. constexpr: the CPU kernels' lookup table is built from it.
+KVLAB_HD constexpr bool e4m3_is_nan(int b) { return (b & 0x7f) == 0x7f; }
 KVLAB_HD constexpr float e4m3_value(int b) {
   const int e = (b >> 3) & 15, mant = b & 7;
-  if (e == 15 && mant == 7) return __builtin_nanf("");
+  if (e4m3_is_nan(b)) return __builtin_nanf("");
   float v = e == 0 ? float(mant) / 8.0f : 1.0f + float(mant) / 8.0f;
   int p = e == 0 ? -6 : e - 7;
   for (; p > 0; --p) v *= 2.0f;

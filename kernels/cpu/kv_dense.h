@@ -105,7 +105,7 @@ void dense_scores(const KvBlock& k, const float* q, int rows, float* s) {
   const int n = k.n, d = k.d;
   const ReadAhead ah = read_ahead(k);
   if (Fmt == KvFormat::kFp8) read_ahead_meta(k);
-  const bool raw = Fmt == KvFormat::kFp8 && !V::any_e4m3_nan(data, stride, n, d);
+  const bool raw = Fmt == KvFormat::kFp8 && (k.fp8_nan_free || !V::any_e4m3_nan(data, stride, n, d));
   alignas(64) float q_raw[Fmt == KvFormat::kFp8 ? 4 * kMaxSimdD : 1];  // a chunk's rows times 2^120
   for (int r0 = 0; r0 < rows; r0 += 4) {
     const float* qr = q + int64_t(r0) * d;
@@ -212,7 +212,7 @@ void dense_acc(const KvBlock& v, const float* p, int rows, float* acc) {
     }
   } else {
     read_ahead_meta(v);
-    const bool raw = !V::any_e4m3_nan(v.data, v.stride, v.n, v.d);
+    const bool raw = v.fp8_nan_free || !V::any_e4m3_nan(v.data, v.stride, v.n, v.d);
     const float max_sc = raw ? max_scale<V>(v.scale, v.n) : 0.0f;
     alignas(64) float pw[4 * kFp8Span];
     for (int r0 = 0; r0 < rows; r0 += 4) {

@@ -55,6 +55,9 @@ struct KvBlock {
   // kernels read ahead while they work on this one (kv_kernels_internal.h); null: the bytes that
   // follow this block's own arrays. Only a hint: results never depend on it.
   const KvBlock* next = nullptr;
+  // kFp8: the writer vouches that no code is an e4m3 NaN (0x7f / 0xff), so the CPU kernels skip
+  // their scan for one before taking the cheaper conversion (kv_dense.h); false: they scan.
+  bool fp8_nan_free = false;
 };
 
 // Bytes of one packed bit stream of `count` codes.
