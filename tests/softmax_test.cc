@@ -229,6 +229,40 @@ TEST_P(SoftmaxTest, RowsAreIndependent) {
   }
 }
 
+// The probabilities are exp_inplace's bits of s - m on the same ISA, whether every visible
+// s - m lies in the range where the kernel takes its shorter exp (row 0) or not (rows 1 and 2:
+// a score 100 below the max, -inf), and whether such rows share the call or not.
+TEST_P(SoftmaxTest, ProbabilitiesAreTheBitsOfExp) {
+  const Isa isa = GetParam();
+  const int rows = 3, n = 77;
+  Rng rng(13);
+  std::vector<float> s(size_t(rows) * n);
+  for (float& x : s) x = 43.0f * rng.uniform() - 37.0f;  // [-80, 6)
+  s[size_t(1) * n + 40] = -100.0f;
+  s[size_t(2) * n + 3] = -kInf;
+  auto expected = [&](int r) {
+    float mx = -kInf;
+    for (int j = 0; j < n; ++j) mx = std::max(mx, s[size_t(r) * n + j]);
+    std::vector<float> e(n);
+    for (int j = 0; j < n; ++j) e[size_t(j)] = s[size_t(r) * n + j] - mx;
+    exp_inplace_isa(isa, e.data(), n);
+    return e;
+  };
+  float no_acc = 0;
+  std::vector<float> all = s, m(rows, -kInf), l(rows, 0.0f);
+  online_softmax_block_isa(isa, all.data(), rows, n, nullptr, 0, nullptr, m.data(), l.data(), &no_acc, 0);
+  for (int r = 0; r < rows; ++r) {
+    std::vector<float> alone(s.begin() + r * n, s.begin() + (r + 1) * n);
+    float m1 = -kInf, l1 = 0;
+    online_softmax_block_isa(isa, alone.data(), 1, n, nullptr, 0, nullptr, &m1, &l1, &no_acc, 0);
+    const std::vector<float> e = expected(r);
+    for (int j = 0; j < n; ++j) {
+      EXPECT_EQ(f32_bits(alone[size_t(j)]), f32_bits(e[size_t(j)])) << "row " << r << " j " << j;
+      EXPECT_EQ(f32_bits(all[size_t(r) * n + j]), f32_bits(e[size_t(j)])) << "row " << r << " j " << j;
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(AllIsas, SoftmaxTest, ::testing::ValuesIn(supported_isas()),
                          [](const ::testing::TestParamInfo<Isa>& i) { return std::string(isa_name(i.param)); });
 

@@ -111,10 +111,21 @@ struct Vec8 {
     const F s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_sub_epi32(k, k1), bias), 23));
     return _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
   }
+  // mul_pow2 where p * 2^k is a normal number (p in [0.7, 1.5), k in [-125, 127]): k added to p's
+  // exponent field, the same bits (a scaling by a power of 2 of a normal result is exact).
+  KVLAB_TARGET_AVX2 static F mul_pow2_normal(F p, F kf) {
+    return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), _mm256_slli_epi32(_mm256_cvttps_epi32(kf), 23)));
+  }
   KVLAB_TARGET_AVX2 static float hmax(F v) {
     __m128 q = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     q = _mm_max_ps(q, _mm_movehl_ps(q, q));
     q = _mm_max_ss(q, _mm_movehdup_ps(q));
+    return _mm_cvtss_f32(q);
+  }
+  KVLAB_TARGET_AVX2 static float hmin(F v) {
+    __m128 q = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    q = _mm_min_ps(q, _mm_movehl_ps(q, q));
+    q = _mm_min_ss(q, _mm_movehdup_ps(q));
     return _mm_cvtss_f32(q);
   }
   // The lanes of `in` whose key position (key_pos[j0 + i], or first_pos + j0 + i) is at most rp.
@@ -127,6 +138,9 @@ struct Vec8 {
   // max(acc, v) in the lanes of m (NaN in v ignored), acc elsewhere.
   KVLAB_TARGET_AVX2 static F max_in(F acc, Lanes m, F v) {
     return _mm256_max_ps(_mm256_blendv_ps(acc, v, _mm256_castsi256_ps(m.mask)), acc);
+  }
+  KVLAB_TARGET_AVX2 static F min_in(F acc, Lanes m, F v) {  // as max_in
+    return _mm256_min_ps(_mm256_blendv_ps(acc, v, _mm256_castsi256_ps(m.mask)), acc);
   }
   KVLAB_TARGET_AVX2 static F zero_outside(Lanes m, F v) { return _mm256_and_ps(_mm256_castsi256_ps(m.mask), v); }
   // kLanes bytes at p, zero- or sign-extended, as floats (exact).
@@ -307,7 +321,9 @@ struct Vec16 {
   KVLAB_TARGET_AVX512 static F min(F a, F b) { return _mm512_min_ps(a, b); }  // b where either is NaN
   // p * 2^k with one rounding (vscalefps): the result of Vec8::mul_pow2.
   KVLAB_TARGET_AVX512 static F mul_pow2(F p, F kf) { return _mm512_scalef_ps(p, kf); }
+  KVLAB_TARGET_AVX512 static F mul_pow2_normal(F p, F kf) { return _mm512_scalef_ps(p, kf); }
   KVLAB_TARGET_AVX512 static float hmax(F v) { return _mm512_reduce_max_ps(v); }
+  KVLAB_TARGET_AVX512 static float hmin(F v) { return _mm512_reduce_min_ps(v); }
   // As Vec8::at_or_before.
   KVLAB_TARGET_AVX512 static Lanes at_or_before(Tail in, const int32_t* key_pos, int32_t first_pos, int j0,
                                                int32_t rp) {
@@ -318,6 +334,7 @@ struct Vec16 {
     return {_mm512_mask_cmple_epi32_mask(in.m, kp, _mm512_set1_epi32(rp))};
   }
   KVLAB_TARGET_AVX512 static F max_in(F acc, Lanes m, F v) { return _mm512_mask_max_ps(acc, m.m, v, acc); }
+  KVLAB_TARGET_AVX512 static F min_in(F acc, Lanes m, F v) { return _mm512_mask_min_ps(acc, m.m, v, acc); }
   KVLAB_TARGET_AVX512 static F zero_outside(Lanes m, F v) { return _mm512_maskz_mov_ps(m.m, v); }
   KVLAB_TARGET_AVX512 static F load_u8(const uint8_t* p) {  // as Vec8::load_u8
     return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
