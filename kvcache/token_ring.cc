@@ -70,7 +70,7 @@ uint8_t* TokenRing::ensure_page(int page) {
   if (int(pages_.size()) <= page) {
     pages_.resize(size_t(page) + 1, nullptr);
     metas_.resize(size_t(page) + 1, nullptr);
-    nan_codes_.resize(size_t(page) + 1, 0);
+    if (format_ == KvFormat::kFp8) nan_codes_.resize(size_t(page) + 1, 0);
   }
   if (!pages_[page]) {
     pages_[page] = page_alloc_.allocate(size_t(page_bytes_));
@@ -78,8 +78,8 @@ uint8_t* TokenRing::ensure_page(int page) {
     if (meta_bytes_) {
       metas_[page] = meta_alloc_.allocate(size_t(meta_bytes_));
       std::memset(metas_[page], 0, size_t(meta_bytes_));
+      nan_codes_[page] = 0;
     }
-    nan_codes_[page] = 0;
   }
   return pages_[page];
 }
@@ -136,8 +136,8 @@ void TokenRing::truncate(int n) {
   if (pages_.size() > keep) {
     pages_.resize(keep);
     metas_.resize(keep);
-    nan_codes_.resize(keep);
   }
+  if (nan_codes_.size() > keep) nan_codes_.resize(keep);
 }
 
 void TokenRing::clear(int dropped) {

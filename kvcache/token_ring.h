@@ -90,8 +90,9 @@ class TokenRing {
   int64_t page_bytes_, meta_bytes_;
   TrackedVector<uint8_t*> pages_;  // [capacity / page_tokens] grown on demand
   TrackedVector<uint8_t*> metas_;  // fp8 scale pages, parallel to pages_
-  // fp8: per page, 1 once a NaN code (a NaN element) has been written to it, until the page is
-  // freed; pages without one tell the kernels to skip their NaN scan (KvBlock::fp8_nan_free).
+  // fp8 only (else empty): per page, 1 once a NaN code (a NaN element) has been written to it,
+  // until the page is freed; pages without one tell the kernels to skip their NaN scan
+  // (KvBlock::fp8_nan_free). Booked as index bytes: one per page.
   TrackedVector<uint8_t> nan_codes_;
   int start_ = 0;   // slot of the oldest token
   int size_ = 0;

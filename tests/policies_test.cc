@@ -383,7 +383,9 @@ TEST(TokenRingTest, Fp8PagesWithoutNanSkipTheScanAndNanStillReadsAsNan) {
         kv_scores(scanned, q.data(), 1, s_scan.data());
         for (int j = 0; j < kb.n; ++j) {
           EXPECT_EQ(std::isnan(s[size_t(j)]), run == 1 && h == 1 && first + j == 35) << run << " " << h << " " << j;
-          if (!std::isnan(s[size_t(j)])) EXPECT_EQ(s[size_t(j)], s_scan[size_t(j)]) << run << " " << h << " " << j;
+          if (!std::isnan(s[size_t(j)])) {
+            EXPECT_EQ(s[size_t(j)], s_scan[size_t(j)]) << run << " " << h << " " << j;
+          }
         }
       }
     }
