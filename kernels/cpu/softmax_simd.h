@@ -138,8 +138,8 @@ void online_softmax_rows(float* s, int n, const int32_t* key_pos, int32_t first_
   }
   // U vectors of every row per step, their exps side by side (exp_vecs), stored and summed in
   // order of j: the operations of each lane and each row's sum are those of one vector at a time.
-  // Rows whose visible s - m all lie in [kInRangeLo, 0] (the usual case) take the shorter exp; a
-  // lane no row sees may hold anything there, and is zeroed after.
+  // When every live row's visible s - m lies in [kInRangeLo, 0] (the usual block), all take the
+  // shorter exp; a lane a row does not see may hold anything there, and is zeroed after.
   auto exp_step = [&]<int U, bool kInRange>(int j) {
     F x[R * U];
     KVLAB_UNROLL
