@@ -86,6 +86,13 @@ void dense_scores_rows(const uint8_t* data, int64_t stride, const uint16_t* scal
 constexpr float kRawUnscale = 0x1p120f;
 constexpr float kRawLimit = 128.0f;
 
+// Whether an fp8 block holds no NaN code: its writer vouches for it (KvBlock::fp8_nan_free), or a
+// scan of its bytes finds none.
+template <class V>
+bool fp8_nan_free(const KvBlock& b) {
+  return b.fp8_nan_free || !V::any_e4m3_nan(b.data, b.stride, b.n, b.d);
+}
+
 template <class V>
 float max_abs(const float* x, int64_t count) {
   typename V::F m = V::zero();
@@ -105,7 +112,7 @@ void dense_scores(const KvBlock& k, const float* q, int rows, float* s) {
   const int n = k.n, d = k.d;
   const ReadAhead ah = read_ahead(k);
   if (Fmt == KvFormat::kFp8) read_ahead_meta(k);
-  const bool raw = Fmt == KvFormat::kFp8 && (k.fp8_nan_free || !V::any_e4m3_nan(data, stride, n, d));
+  const bool raw = Fmt == KvFormat::kFp8 && fp8_nan_free<V>(k);
   alignas(64) float q_raw[Fmt == KvFormat::kFp8 ? 4 * kMaxSimdD : 1];  // a chunk's rows times 2^120
   for (int r0 = 0; r0 < rows; r0 += 4) {
     const float* qr = q + int64_t(r0) * d;
@@ -212,7 +219,7 @@ void dense_acc(const KvBlock& v, const float* p, int rows, float* acc) {
     }
   } else {
     read_ahead_meta(v);
-    const bool raw = v.fp8_nan_free || !V::any_e4m3_nan(v.data, v.stride, v.n, v.d);
+    const bool raw = fp8_nan_free<V>(v);
     const float max_sc = raw ? max_scale<V>(v.scale, v.n) : 0.0f;
     alignas(64) float pw[4 * kFp8Span];
     for (int r0 = 0; r0 < rows; r0 += 4) {

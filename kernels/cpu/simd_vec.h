@@ -211,7 +211,7 @@ struct Vec8 {
         const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + c));
         hit = _mm256_or_si256(hit, _mm256_cmpeq_epi8(_mm256_or_si256(x, top), ones));
       }
-      for (; c < d; ++c) tail_hit |= (row[c] & 0x7f) == 0x7f;
+      for (; c < d; ++c) tail_hit |= e4m3_is_nan(row[c]);
     }
     return tail_hit || !_mm256_testz_si256(hit, hit);
   }
